@@ -1,0 +1,3 @@
+from blipq.cli import app
+
+app(prog_name="blipq")

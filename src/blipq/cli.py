@@ -1,0 +1,209 @@
+"""The `blipq` command: parses arguments into Settings and delegates; owns logging setup."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from blipq import __version__
+from blipq.config import Settings
+from blipq.errors import BlipqError, InvalidOptions
+from blipq.writers import OutputFormat
+
+app = typer.Typer(
+    name="blipq",
+    help="Image captioning with Salesforce BLIP: a batching HTTP service and an offline labelling tool.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stderr = Console(stderr=True)
+
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Checkpoint directory or hub id [env BLIPQ_MODEL].")]
+CheckpointsOpt = Annotated[
+    Path | None,
+    typer.Option("--checkpoints-dir", help="Where hub checkpoints are stored [env BLIPQ_CHECKPOINTS_DIR]."),
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps [env BLIPQ_DEVICE].")]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto, fp32, fp16, bf16 [env BLIPQ_DTYPE].")]
+
+
+def _settings(**overrides: Any) -> Settings:
+    """Flags override `BLIPQ_*` environment variables, which override defaults."""
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors())
+        _fail(f"invalid configuration: {problems}", code=2)
+
+
+def _fail(message: str, *, code: int = 1) -> NoReturn:
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"blipq {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    _configure_logging(verbose)
+
+
+@app.command()
+def caption(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or http(s) URLs.", show_default=False)],
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")] = False,
+    output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = "jsonl",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write rows here instead of stdout.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Images per model call.")] = None,
+    model: ModelOpt = None,
+    checkpoints_dir: CheckpointsOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    num_beams: Annotated[int | None, typer.Option(help="Beam width (default 3; 1 = greedy).")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Max tokens incl. prompt (default 20).")] = None,
+    min_length: Annotated[int | None, typer.Option(help="Min tokens incl. prompt (default 5).")] = None,
+    prompt: Annotated[
+        str | None, typer.Option(help="Caption prefix, removed from output (default 'a picture of ').")
+    ] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(help="1.0 = none (default).")] = None,
+    decode_threads: Annotated[int, typer.Option(help="Threads decoding images ahead of the model.")] = 2,
+) -> None:
+    """Caption image files, folders and URLs; one output row per image (path, caption or error)."""
+    from blipq.jobs import CaptionOptions
+    from blipq.sources import expand_inputs
+
+    settings = _settings(model=model, checkpoints_dir=checkpoints_dir, device=device, dtype=dtype, max_batch=batch_size)
+    try:
+        options = CaptionOptions.build(
+            num_beams=num_beams,
+            max_length=max_length,
+            min_length=min_length,
+            prompt=prompt,
+            repetition_penalty=repetition_penalty,
+        )
+    except BlipqError as exc:
+        _fail(exc.message, code=2)
+    sources = expand_inputs(inputs, recursive=recursive)
+    if not sources:
+        _fail("no images found in the given paths (folders are scanned for .jpg .png .webp .gif .bmp .tif)")
+    try:
+        failed = _caption_to_output(settings, options, sources, output_format, out, decode_threads)
+    except BlipqError as exc:
+        _fail(exc.message, code=2 if isinstance(exc, InvalidOptions) else 1)
+    stderr.print(f"captioned {len(sources) - failed} of {len(sources)} images; {failed} failed", highlight=False)
+
+
+def _caption_to_output(
+    settings: Settings,
+    options: Any,
+    sources: list[str],
+    output_format: OutputFormat,
+    out: Path | None,
+    decode_threads: int,
+) -> int:
+    from functools import partial
+
+    from blipq.images import ImagePolicy
+    from blipq.model import CaptionEngine, resolve_checkpoint
+    from blipq.model.engine import quiet_transformers
+    from blipq.pipeline import caption_sources
+    from blipq.sources import read_source
+    from blipq.writers import open_writer
+
+    quiet_transformers()
+    checkpoint = resolve_checkpoint(settings.model, settings.checkpoints_dir)
+    with stderr.status(f"loading {checkpoint}"):
+        engine = CaptionEngine.load(checkpoint, device=settings.device, dtype=settings.dtype)
+    engine.check_options(options)
+    read = partial(read_source, fetch_timeout_s=settings.fetch_timeout_s, max_fetch_bytes=settings.max_fetch_bytes)
+    failed = 0
+    with ExitStack() as stack:
+        stream = stack.enter_context(out.open("w", encoding="utf-8", newline="")) if out else sys.stdout
+        writer = open_writer(output_format, stream)
+        progress = stack.enter_context(
+            Progress(
+                TextColumn("captioning"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=stderr,
+                transient=False,
+            )
+        )
+        task = progress.add_task("captioning", total=len(sources))
+        rows = caption_sources(
+            engine,
+            sources,
+            options,
+            read=read,
+            policy=ImagePolicy(max_pixels=settings.max_image_pixels),
+            batch_size=settings.max_batch,
+            decode_threads=decode_threads,
+        )
+        for row in rows:
+            writer.write(row)
+            if row.error:
+                failed += 1
+                progress.console.print(f"[yellow]skipped[/] {row.source}: {row.error.message}", highlight=False)
+            progress.advance(task)
+    return failed
+
+
+@app.command("test-model")
+def write_test_model(
+    directory: Annotated[Path, typer.Argument(help="Where to write the checkpoint.", show_default=False)],
+    size: Annotated[str, typer.Option(help="tiny (fast, for tests), base or large (Salesforce shapes).")] = "tiny",
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same weights.")] = 0,
+) -> None:
+    """Write a real BLIP checkpoint with random weights (for tests and benchmarks, not for real captions)."""
+    from blipq.model.engine import quiet_transformers
+    from blipq.model.synthetic import SHAPES, write_test_checkpoint
+
+    if size not in SHAPES:
+        _fail(f"--size must be one of {', '.join(SHAPES)} (got {size!r})", code=2)
+    quiet_transformers()
+    with stderr.status(f"writing a random {size} BLIP checkpoint"):
+        write_test_checkpoint(directory, size=size, seed=seed)  # type: ignore[arg-type]
+    stderr.print(f"wrote a random-weight {size} BLIP checkpoint to {directory}", highlight=False)
+
+
+@app.command()
+def download(
+    model: Annotated[str, typer.Argument(help="Hugging Face hub id.")] = "Salesforce/blip-image-captioning-large",
+    checkpoints_dir: CheckpointsOpt = None,
+) -> None:
+    """Download a hub checkpoint into the checkpoints directory (once; later runs read it from disk)."""
+    from blipq.model import resolve_checkpoint
+
+    settings = _settings(model=model, checkpoints_dir=checkpoints_dir)
+    try:
+        path = resolve_checkpoint(settings.model, settings.checkpoints_dir)
+    except BlipqError as exc:
+        _fail(exc.message)
+    stderr.print(f"checkpoint ready in {path}", highlight=False)

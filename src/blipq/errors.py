@@ -1,0 +1,64 @@
+"""The one error hierarchy: every failure a user can cause or see has a code and an HTTP status."""
+
+
+class BlipqError(Exception):
+    """Root of all blipq errors. `code` is machine-readable, `message` is for people."""
+
+    code = "internal_error"
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class InvalidImage(BlipqError):
+    """The bytes are not an image we accept (wrong format, truncated, empty, ...)."""
+
+    code = "invalid_image"
+    http_status = 422
+
+
+class InputTooLarge(BlipqError):
+    """An input exceeds a configured limit (pixels, bytes, images per job)."""
+
+    code = "input_too_large"
+    http_status = 413
+
+
+class InvalidOptions(BlipqError):
+    """Generation options that cannot be honoured (min > max, prompt longer than max_length, ...)."""
+
+    code = "invalid_options"
+    http_status = 422
+
+
+class UnreadableInput(BlipqError):
+    """A local file could not be read (missing, a directory, no permission)."""
+
+    code = "unreadable_input"
+    http_status = 422
+
+
+class FetchFailed(BlipqError):
+    """A URL input could not be fetched."""
+
+    code = "fetch_failed"
+    http_status = 422
+
+
+class ModelUnavailable(BlipqError):
+    """The checkpoint or the device cannot be used; the message says what to do."""
+
+    code = "model_unavailable"
+    http_status = 503
+
+
+class ModelFailed(BlipqError):
+    """The model raised while captioning a batch; every image of that batch gets this error."""
+
+    code = "model_error"
+    http_status = 500

@@ -1,0 +1,171 @@
+"""Bytes -> RGB image, refusing anything that is not a plain raster image of a sane size.
+
+What was received is sniffed from the leading bytes so that errors can say what it was
+("got an SVG document") instead of a bare "cannot identify image file".
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from blipq.errors import InputTooLarge, InvalidImage
+
+#: Pillow format names we decode. Everything else is refused before Pillow parses it.
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+_OTHER_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "gzip data"),
+    (b"\x00\x00\x01\x00", "an ICO icon"),
+    (b"8BPS", "a Photoshop document"),
+)
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """What `decode_image` accepts."""
+
+    max_pixels: int = 64_000_000
+    formats: tuple[str, ...] = ALLOWED_FORMATS
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The Pillow format name of an allowed raster format, judged by magic bytes, or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def describe_bytes(data: bytes) -> str:
+    """A short human description of what some non-image bytes look like."""
+    for magic, name in _OTHER_MAGIC:
+        if data.startswith(magic):
+            return name
+    head = data[:512].lstrip().lower()
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head):
+        return "an SVG document (vector images are not supported)"
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    if head.startswith(b"<?xml"):
+        return "an XML document"
+    if data[4:12] in (b"ftypavif", b"ftypheic", b"ftypheix", b"ftypmif1"):
+        return "an AVIF/HEIF image (not supported)"
+    try:
+        text = data[:64].decode("utf-8")
+    except UnicodeDecodeError:
+        return f"binary data starting with {data[:8].hex(' ')}"
+    if text.isprintable() or all(ch.isprintable() or ch.isspace() for ch in text):
+        preview = text[:24].replace("\n", " ")
+        return f"text starting with {preview!r}"
+    return f"binary data starting with {data[:8].hex(' ')}"
+
+
+def decode_image(data: bytes, policy: ImagePolicy | None = None) -> Image.Image:
+    """Decode one image to RGB with EXIF orientation applied.
+
+    Raises `InvalidImage` for empty, non-image, disallowed, truncated or corrupt data and
+    `InputTooLarge` when the declared size exceeds `policy.max_pixels` (checked from the header,
+    before any pixel is decoded).
+    """
+    policy = policy or ImagePolicy()
+    if not data:
+        raise InvalidImage("image is empty (0 bytes)")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise InvalidImage(f"not a supported image (got {describe_bytes(data)}, {len(data)} bytes)")
+    if fmt not in policy.formats:
+        raise InvalidImage(f"{fmt} images are not accepted (allowed: {', '.join(policy.formats)})")
+    try:
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError as exc:
+        raise InputTooLarge(f"{fmt} image is too large to decode: {exc}") from None
+    except UnidentifiedImageError:
+        raise InvalidImage(f"corrupt {fmt} data ({len(data)} bytes): the header cannot be parsed") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImage(f"corrupt {fmt} data ({len(data)} bytes): {exc}") from None
+    width, height = image.size
+    if width * height > policy.max_pixels:
+        raise InputTooLarge(
+            f"{fmt} image is {width}x{height} = {width * height} pixels, over the limit of {policy.max_pixels}"
+        )
+    if width == 0 or height == 0:
+        raise InvalidImage(f"{fmt} image has no pixels ({width}x{height})")
+    try:
+        image.seek(0)  # first frame of animations and multi-page TIFFs
+        image.load()
+        oriented = ImageOps.exif_transpose(image)
+        return to_rgb(oriented)
+    except Image.DecompressionBombError as exc:
+        raise InputTooLarge(f"{fmt} image is too large to decode: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImage(f"truncated or corrupt {fmt} data ({len(data)} bytes): {exc}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB the way a person would see the picture.
+
+    Transparency is composited on white (a plain `convert("RGB")` keeps whatever colour the
+    transparent pixels happen to hold, often black); 16/32-bit grey is scaled, not clipped;
+    CMYK uses the embedded ICC profile when there is one.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return _scale_wide_grey(image)
+    if mode == "F":
+        return _scale_wide_grey(image)
+    if mode == "CMYK":
+        return _cmyk_to_rgb(image)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _scale_wide_grey(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer or float greyscale -> 8-bit by the full range of its type."""
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        low, high = float(pixels.min()), float(pixels.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        grey = (pixels - low) * scale
+    else:
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() <= 65535 else float(pixels.max())
+        grey = pixels * (255.0 / top)
+    return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), mode="L").convert("RGB")
+
+
+def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
+    profile = image.info.get("icc_profile")
+    if profile:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+            srgb = ImageCms.createProfile("sRGB")
+            converted = ImageCms.profileToProfile(image, source, srgb, outputMode="RGB")
+            if converted is not None:
+                return converted
+        except (ImageCms.PyCMSError, OSError):
+            pass  # a broken profile is common; fall back to the naive conversion below
+    return image.convert("RGB")

@@ -1,0 +1,93 @@
+"""Caption a stream of sources in batches, decoding the next batch while the model runs.
+
+Decoding and pre-processing happen on a thread pool a bounded window ahead of the model, so
+CPU work overlaps generation without holding every image in memory. A source that cannot be
+read or decoded becomes an error row; a batch the model fails on gives each of its images
+an error row; the run always goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from blipq.errors import BlipqError, InvalidImage, ModelFailed
+from blipq.images import ImagePolicy, decode_image
+from blipq.jobs import CaptionOptions
+from blipq.model.engine import CaptionEngine
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaptionRow:
+    source: str
+    caption: str | None = None
+    error: BlipqError | None = None
+
+
+def caption_sources(
+    engine: CaptionEngine,
+    sources: Sequence[str],
+    options: CaptionOptions,
+    *,
+    read: Callable[[str], bytes],
+    policy: ImagePolicy,
+    batch_size: int,
+    decode_threads: int = 2,
+) -> Iterator[CaptionRow]:
+    """Yield one row per source, in input order."""
+    engine.check_options(options)
+
+    def prepare(source: str) -> Tensor:
+        return engine.prepare(decode_image(read(source), policy))
+
+    window = 2 * batch_size  # one batch on the model, one being decoded
+    with ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="blipq-decode") as pool:
+        pending: deque[tuple[str, Future[Tensor]]] = deque()
+        upcoming = iter(sources)
+        while True:
+            for source in upcoming:
+                pending.append((source, pool.submit(prepare, source)))
+                if len(pending) >= window:
+                    break
+            if not pending:
+                return
+            batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+            yield from _run_batch(engine, batch, options)
+
+
+def _run_batch(
+    engine: CaptionEngine, batch: list[tuple[str, Future[Tensor]]], options: CaptionOptions
+) -> Iterator[CaptionRow]:
+    rows: list[CaptionRow | None] = []
+    ready: list[tuple[int, Tensor]] = []
+    for index, (source, future) in enumerate(batch):
+        try:
+            ready.append((index, future.result()))
+            rows.append(None)
+        except BlipqError as exc:
+            rows.append(CaptionRow(source, error=exc))
+        except Exception as exc:  # a decoder bug must cost one image, not the run
+            log.exception("unexpected error preparing %s", source)
+            rows.append(CaptionRow(source, error=InvalidImage(f"could not decode: {type(exc).__name__}: {exc}")))
+    if ready:
+        try:
+            token_ids = engine.generate([tensor for _, tensor in ready], options)
+            for (index, _), ids in zip(ready, token_ids, strict=True):
+                rows[index] = CaptionRow(batch[index][0], caption=engine.decode(ids, options))
+        except Exception as exc:  # the whole batch fails together; the caller's run goes on
+            log.exception("model failed on a batch of %d images", len(ready))
+            failure = ModelFailed(f"model failed on this image's batch: {type(exc).__name__}: {exc}")
+            for index, _ in ready:
+                rows[index] = CaptionRow(batch[index][0], error=failure)
+    for row in rows:
+        assert row is not None
+        yield row

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from blipq.model.engine import CaptionEngine, quiet_transformers
+from blipq.model.synthetic import write_test_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (random-weight) BLIP checkpoint on disk, written by `blipq test-model`'s code."""
+    quiet_transformers()
+    return write_test_checkpoint(tmp_path_factory.mktemp("tiny-blip"), size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_checkpoint: Path) -> CaptionEngine:
+    return CaptionEngine.load(tiny_checkpoint, device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real HTTP server on a free loopback port serving files from a folder; yields (base URL, folder)."""
+    root = tmp_path_factory.mktemp("www")
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass

@@ -1,0 +1,46 @@
+"""Deterministic test images: varied sizes, modes and formats, encoded to real file bytes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def encode(image: Image.Image, fmt: str, **save_args: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save_args)
+    return buffer.getvalue()
+
+
+def noise(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image:
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
+    return Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode=mode)
+
+
+def drawing(width: int, height: int, background: str, shape: str) -> Image.Image:
+    image = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((width // 5, height // 5, width * 4 // 5, height * 4 // 5), fill=shape)
+    draw.rectangle((0, 0, width // 6, height // 6), fill="black")
+    return image
+
+
+def varied_images() -> list[Image.Image]:
+    """Six RGB images that differ in size, aspect ratio and content (and originally in mode)."""
+    return [
+        noise(640, 480, seed=1),
+        drawing(1200, 900, "white", "green"),
+        drawing(37, 53, "navy", "orange"),
+        noise(300, 300, seed=2, mode="L").convert("RGB"),
+        Image.new("RGB", (500, 200), "red"),
+        noise(256, 512, seed=3, mode="RGBA").convert("RGB"),
+    ]
+
+
+def grey16(width: int, height: int, seed: int) -> Image.Image:
+    """A 16-bit greyscale image using the full 0..65535 range."""
+    pixels = np.random.default_rng(seed).integers(0, 65536, (height, width), dtype=np.uint16)
+    return Image.fromarray(pixels)

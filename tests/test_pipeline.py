@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+
+from blipq.images import ImagePolicy, decode_image
+from blipq.jobs import CaptionOptions
+from blipq.model.engine import CaptionEngine
+from blipq.pipeline import caption_sources
+from tests.helpers import encode, varied_images
+
+
+def _files() -> dict[str, bytes]:
+    files = {f"img{i}.png": encode(image, "PNG") for i, image in enumerate(varied_images())}
+    files["broken.jpg"] = b"\xff\xd8\xff\xe0 not really a jpeg"
+    return files
+
+
+def test_rows_come_back_in_order_with_errors_in_place(engine: CaptionEngine) -> None:
+    files = _files()
+    order = ["img0.png", "broken.jpg", "img1.png", "img2.png", "missing.png", "img3.png", "img4.png", "img5.png"]
+
+    def read(name: str) -> bytes:
+        if name not in files:
+            raise FileNotFoundError(name)  # an unexpected exception type must not stop the run
+        return files[name]
+
+    options = CaptionOptions(num_beams=1)
+    rows = list(caption_sources(engine, order, options, read=read, policy=ImagePolicy(), batch_size=3))
+    assert [row.source for row in rows] == order
+    good = [name for name in order if name.startswith("img")]
+    expected = engine.caption([decode_image(files[name]) for name in good], options)
+    assert [row.caption for row in rows if row.error is None] == expected
+    errors = {row.source: row.error for row in rows if row.error is not None}
+    assert errors["broken.jpg"] is not None
+    assert errors["broken.jpg"].code == "invalid_image"
+    assert errors["missing.png"] is not None
+    assert "FileNotFoundError" in errors["missing.png"].message
+
+
+def test_a_failing_batch_fails_its_images_and_the_run_goes_on(
+    engine: CaptionEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _files()
+    names = [f"img{i}.png" for i in range(6)]
+    real_generate = engine.generate
+    calls = {"n": 0}
+
+    def failing_once(*args: object, **kwargs: object) -> list[list[int]]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_generate(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "generate", failing_once)
+    rows = list(
+        caption_sources(engine, names, CaptionOptions(), read=files.__getitem__, policy=ImagePolicy(), batch_size=3)
+    )
+    assert [row.error.code if row.error else "ok" for row in rows] == ["model_error"] * 3 + ["ok"] * 3
+    assert rows[0].error is not None
+    assert "out of memory" in rows[0].error.message
