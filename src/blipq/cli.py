@@ -6,7 +6,7 @@ import logging
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -17,6 +17,9 @@ from blipq import __version__
 from blipq.config import Settings
 from blipq.errors import BlipqError, InvalidOptions
 from blipq.writers import OutputFormat
+
+if TYPE_CHECKING:
+    from blipq.jobs import CaptionOptions
 
 app = typer.Typer(
     name="blipq",
@@ -121,7 +124,7 @@ def caption(
 
 def _caption_to_output(
     settings: Settings,
-    options: Any,
+    options: CaptionOptions,
     sources: list[str],
     output_format: OutputFormat,
     out: Path | None,

@@ -71,7 +71,7 @@ def describe_bytes(data: bytes) -> str:
         text = data[:64].decode("utf-8")
     except UnicodeDecodeError:
         return f"binary data starting with {data[:8].hex(' ')}"
-    if text.isprintable() or all(ch.isprintable() or ch.isspace() for ch in text):
+    if all(ch.isprintable() or ch.isspace() for ch in text):
         preview = text[:24].replace("\n", " ")
         return f"text starting with {preview!r}"
     return f"binary data starting with {data[:8].hex(' ')}"
@@ -131,9 +131,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         mode = image.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        return _scale_wide_grey(image)
-    if mode == "F":
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         return _scale_wide_grey(image)
     if mode == "CMYK":
         return _cmyk_to_rgb(image)

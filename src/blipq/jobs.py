@@ -1,12 +1,10 @@
-"""Data shared by every layer: generation options and per-image results."""
+"""Data shared by every layer: generation options."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from blipq.errors import BlipqError, InvalidOptions
+from blipq.errors import InvalidOptions
 
 #: The prompt the original BLIP caption decoder conditioned on and then cut from its output.
 DEFAULT_PROMPT = "a picture of "
@@ -48,15 +46,3 @@ class CaptionOptions(BaseModel):
                 f"{'.'.join(str(part) for part in err['loc']) or 'options'}: {err['msg']}" for err in exc.errors()
             )
             raise InvalidOptions(f"invalid caption options: {problems}") from None
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    """The outcome for one image: a caption, or an error with a code and a message."""
-
-    caption: str | None = None
-    error: BlipqError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
