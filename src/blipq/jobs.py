@@ -1,10 +1,12 @@
-"""Data shared by every layer: generation options."""
+"""Data shared by every layer: generation options and per-image results."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from blipq.errors import InvalidOptions
+from blipq.errors import BlipqError, InvalidOptions
 
 #: The prompt the original BLIP caption decoder conditioned on and then cut from its output.
 DEFAULT_PROMPT = "a picture of "
@@ -46,3 +48,12 @@ class CaptionOptions(BaseModel):
                 f"{'.'.join(str(part) for part in err['loc']) or 'options'}: {err['msg']}" for err in exc.errors()
             )
             raise InvalidOptions(f"invalid caption options: {problems}") from None
+
+
+@dataclass(frozen=True)
+class CaptionRow:
+    """The outcome for one input: its source (path, URL or index), and a caption or an error."""
+
+    source: str
+    caption: str | None = None
+    error: BlipqError | None = None

@@ -12,25 +12,17 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from blipq.errors import BlipqError, InvalidImage, ModelFailed
 from blipq.images import ImagePolicy, decode_image
-from blipq.jobs import CaptionOptions
+from blipq.jobs import CaptionOptions, CaptionRow
 from blipq.model.engine import CaptionEngine
 
 if TYPE_CHECKING:
     from torch import Tensor
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CaptionRow:
-    source: str
-    caption: str | None = None
-    error: BlipqError | None = None
 
 
 def caption_sources(

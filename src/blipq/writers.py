@@ -6,7 +6,7 @@ import csv
 import json
 from typing import Literal, Protocol, TextIO
 
-from blipq.pipeline import CaptionRow
+from blipq.jobs import CaptionRow
 
 OutputFormat = Literal["jsonl", "csv", "txt"]
 
