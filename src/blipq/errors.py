@@ -50,6 +50,18 @@ class FetchFailed(BlipqError):
     http_status = 422
 
 
+class JobNotFound(BlipqError):
+    code = "job_not_found"
+    http_status = 404
+
+
+class QueueUnavailable(BlipqError):
+    """The queue's storage cannot be reached (Redis down, SQLite file unwritable)."""
+
+    code = "queue_unavailable"
+    http_status = 503
+
+
 class ModelUnavailable(BlipqError):
     """The checkpoint or the device cannot be used; the message says what to do."""
 

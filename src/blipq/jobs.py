@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -57,3 +59,63 @@ class CaptionRow:
     source: str
     caption: str | None = None
     error: BlipqError | None = None
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One image of a job: its bytes (already base64-decoded) or a URL the worker fetches."""
+
+    data: bytes | None = None
+    url: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.url is None):
+            raise ValueError("an image input is either bytes or a URL")
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    code: str
+    message: str
+
+    @classmethod
+    def of(cls, error: BlipqError) -> ErrorInfo:
+        return cls(error.code, error.message)
+
+
+ImageState = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    state: ImageState
+    caption: str | None = None
+    error: ErrorInfo | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    status: JobStatus
+    options: CaptionOptions
+    images: tuple[ImageOutcome, ...]
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def captions(self) -> list[str | None]:
+        """One entry per image, None where the image has no caption (failed, pending, cancelled)."""
+        return [image.caption for image in self.images]
