@@ -239,3 +239,12 @@ def test_worker_heartbeats(queue: JobQueue) -> None:
     assert [worker.worker_id for worker in queue.workers(max_age_s=60)] == ["w1"]
     queue.heartbeat(WorkerInfo("w2", "tiny", "cuda:1", now))
     assert [worker.device for worker in queue.workers(max_age_s=60)] == ["cpu", "cuda:1"]
+
+
+def test_claim_can_ask_for_specific_options(queue: JobQueue) -> None:
+    queue.enqueue(images(1, "a"), DEFAULT)
+    greedy_job = queue.enqueue(images(2, "b"), GREEDY)
+    claimed = queue.claim(8, lease_s=30, options=GREEDY)
+    assert [(c.job_id, c.options) for c in claimed] == [(greedy_job, GREEDY)] * 2
+    assert queue.claim(8, lease_s=30, options=CaptionOptions(num_beams=5)) == []
+    assert queue.claim(8, lease_s=30)[0].options == DEFAULT

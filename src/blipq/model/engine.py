@@ -138,3 +138,9 @@ def quiet_transformers() -> None:
 
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+
+
+def release_cached_memory() -> None:
+    """Give cached GPU memory back after an out-of-memory error, before retrying smaller batches."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -42,8 +42,9 @@ class JobQueue(Protocol):
         """Store a job durably and return its id (32 hex characters)."""
         ...
 
-    def claim(self, max_images: int, lease_s: float) -> list[ClaimedImage]:
-        """Lease up to `max_images` claimable images that share one set of options; [] if none."""
+    def claim(self, max_images: int, lease_s: float, options: CaptionOptions | None = None) -> list[ClaimedImage]:
+        """Lease up to `max_images` claimable images sharing one set of options (`options`, or those of
+        the oldest claimable image); [] if none."""
         ...
 
     def renew(self, claims: Sequence[ClaimedImage], lease_s: float) -> None:
@@ -72,6 +73,13 @@ class JobQueue(Protocol):
 
     def wait(self, job_id: str, timeout_s: float) -> Job:
         """Block until the job is finished or `timeout_s` passed; returns the job either way."""
+        ...
+
+    def wait_for_work(self, seen: int | None, timeout_s: float) -> int:
+        """Block until new work was enqueued since the count `seen` (None: return at once) or the timeout.
+
+        Returns the current count, to pass as `seen` next time. Lets idle workers sleep instead of polling.
+        """
         ...
 
     def depth(self) -> int:

@@ -74,7 +74,8 @@ class SqliteQueue:
         except (sqlite3.Error, OSError) as exc:
             raise QueueUnavailable(f"cannot open the SQLite queue at {path}: {exc}") from None
         self._lock = threading.Lock()
-        self._doorbell = Doorbell(str(path.resolve()))
+        self._doorbell = Doorbell(f"{path.resolve()}:finished")
+        self._work_bell = Doorbell(f"{path.resolve()}:work")
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -92,16 +93,20 @@ class SqliteQueue:
                 "VALUES (?, ?, ?, ?, ?, ?, 'queued')",
                 [(seq, job_id, index, options_json, image.data, image.url) for index, image in enumerate(images)],
             )
+        self._work_bell.ring()
         return job_id
 
-    def claim(self, max_images: int, lease_s: float) -> list[ClaimedImage]:
+    def claim(self, max_images: int, lease_s: float, options: CaptionOptions | None = None) -> list[ClaimedImage]:
         now = time.time()
         finished: list[str] = []
         with self._transaction() as db:
             finished += self._fail_exhausted(db, now)
-            first = db.execute(
-                f"SELECT options FROM images WHERE {_CLAIMABLE} ORDER BY job_seq, idx LIMIT 1", {"now": now}
-            ).fetchone()
+            if options is not None:
+                first = (_options_key(options),)
+            else:
+                first = db.execute(
+                    f"SELECT options FROM images WHERE {_CLAIMABLE} ORDER BY job_seq, idx LIMIT 1", {"now": now}
+                ).fetchone()
             if first is None:
                 rows = []
             else:
@@ -123,15 +128,15 @@ class SqliteQueue:
                 )
         if finished:
             self._doorbell.ring()
-        if first is None:
+        if not rows:
             return []
-        options = CaptionOptions.model_validate_json(first[0])
+        shared = CaptionOptions.model_validate_json(first[0])
         return [
             ClaimedImage(
                 job_id=job_id,
                 index=idx,
                 input=ImageInput(data=data) if url is None else ImageInput(url=url),
-                options=options,
+                options=shared,
                 attempt=attempts + 1,
                 token=token,
             )
@@ -219,6 +224,12 @@ class SqliteQueue:
             # Re-check at least every second in case a wake-up datagram was dropped.
             self._doorbell.wait_for_ring(seen, min(remaining, 1.0))
 
+    def wait_for_work(self, seen: int | None, timeout_s: float) -> int:
+        """Sleep until a job is enqueued after the ring count `seen`, or the timeout; returns the new count."""
+        if seen is not None:
+            self._work_bell.wait_for_ring(seen, timeout_s)
+        return self._work_bell.generation()
+
     def depth(self) -> int:
         with self._reading() as db:
             (count,) = db.execute("SELECT COUNT(*) FROM images WHERE state IN ('queued', 'running')").fetchone()
@@ -234,6 +245,7 @@ class SqliteQueue:
 
     def close(self) -> None:
         self._doorbell.close()
+        self._work_bell.close()
         with self._lock:
             self._db.close()
 
