@@ -44,3 +44,11 @@ def grey16(width: int, height: int, seed: int) -> Image.Image:
     """A 16-bit greyscale image using the full 0..65535 range."""
     pixels = np.random.default_rng(seed).integers(0, 65536, (height, width), dtype=np.uint16)
     return Image.fromarray(pixels)
+
+
+def pictures(n: int) -> list[bytes]:
+    """`n` distinct small PNG files."""
+    colours = ["red", "green", "blue", "white", "black", "orange", "purple", "yellow", "navy", "pink"]
+    return [
+        encode(drawing(80 + 7 * i, 60 + 3 * i, colours[i % 10], colours[(i * 3 + 1) % 10]), "PNG") for i in range(n)
+    ]

@@ -14,7 +14,7 @@ from blipq.jobs import CaptionOptions, ImageInput, JobStatus
 from blipq.model.engine import CaptionEngine
 from blipq.queue import JobQueue, open_queue
 from blipq.worker import Worker, WorkerConfig
-from tests.helpers import drawing, encode, noise
+from tests.helpers import encode, noise, pictures
 
 
 @pytest.fixture
@@ -38,11 +38,6 @@ class RunningWorker:
         self.stop.set()
         self.thread.join(60)
         assert not self.thread.is_alive()
-
-
-def pictures(n: int) -> list[bytes]:
-    colours = ["red", "green", "blue", "white", "black", "orange", "purple", "yellow", "navy", "pink"]
-    return [encode(drawing(80 + 10 * i, 60, colours[i % 10], colours[(i + 3) % 10]), "PNG") for i in range(n)]
 
 
 def test_single_image_jobs_are_batched_together(queue: JobQueue, engine: CaptionEngine) -> None:

@@ -210,3 +210,128 @@ def download(
     except BlipqError as exc:
         _fail(exc.message)
     stderr.print(f"checkpoint ready in {path}", highlight=False)
+
+
+QueueOpt = Annotated[
+    str | None, typer.Option("--queue", help="Queue URL, e.g. sqlite:///./data/blipq.db [env BLIPQ_QUEUE].")
+]
+MaxBatchOpt = Annotated[int | None, typer.Option("--max-batch", help="Images per model call [env BLIPQ_MAX_BATCH].")]
+BatchWaitOpt = Annotated[
+    int | None, typer.Option("--batch-wait-ms", help="Wait to fill a batch [env BLIPQ_BATCH_WAIT_MS].")
+]
+LeaseOpt = Annotated[float | None, typer.Option("--lease-s", help="Image lease length [env BLIPQ_LEASE_S].")]
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address [env BLIPQ_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port [env BLIPQ_PORT].")] = None,
+    queue: QueueOpt = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Worker processes to supervise; 0 = API only [env BLIPQ_WORKERS].")
+    ] = None,
+    model: ModelOpt = None,
+    checkpoints_dir: CheckpointsOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    max_batch: MaxBatchOpt = None,
+    batch_wait_ms: BatchWaitOpt = None,
+    lease_s: LeaseOpt = None,
+) -> None:
+    """Run the HTTP API with the queue and supervised worker processes (one per GPU when several)."""
+    import uvicorn
+
+    from blipq.api import create_app
+    from blipq.model.checkpoint import resolve_checkpoint
+    from blipq.queue import open_queue
+    from blipq.supervisor import SupervisedProcess, worker_command
+
+    settings = _settings(
+        host=host, port=port, queue=queue, workers=workers, model=model, checkpoints_dir=checkpoints_dir,
+        device=device, dtype=dtype, max_batch=max_batch, batch_wait_ms=batch_wait_ms, lease_s=lease_s,
+    )  # fmt: skip
+    try:
+        job_queue = open_queue(settings.queue, max_attempts=settings.max_attempts)
+        # Resolve (and download) the checkpoint once here, so workers never race to download it.
+        checkpoint = resolve_checkpoint(settings.model, settings.checkpoints_dir) if settings.workers else None
+    except BlipqError as exc:
+        _fail(exc.message)
+    supervised = [
+        SupervisedProcess(f"worker-{index}", worker_command(_worker_arguments(settings, str(checkpoint), index)))
+        for index in range(settings.workers)
+    ]
+    for process in supervised:
+        process.start()
+
+    def stop_workers() -> None:
+        for process in supervised:
+            process.stop()
+
+    # Workers are stopped in the app's shutdown: uvicorn re-raises SIGTERM once it returns.
+    app = create_app(settings, job_queue, on_shutdown=stop_workers)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+
+
+def _worker_arguments(settings: Settings, checkpoint: str, index: int) -> list[str]:
+    device = settings.device
+    if device == "auto" and settings.workers > 1:
+        from blipq.model.device import gpu_count
+
+        gpus = gpu_count()
+        device = f"cuda:{index % gpus}" if gpus > 1 else device
+    return [
+        "--queue", settings.queue, "--model", checkpoint, "--device", device, "--dtype", settings.dtype,
+        "--max-batch", str(settings.max_batch), "--batch-wait-ms", str(settings.batch_wait_ms),
+        "--lease-s", str(settings.lease_s),
+    ]  # fmt: skip
+
+
+@app.command()
+def worker(
+    queue: QueueOpt = None,
+    model: ModelOpt = None,
+    checkpoints_dir: CheckpointsOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    max_batch: MaxBatchOpt = None,
+    batch_wait_ms: BatchWaitOpt = None,
+    lease_s: LeaseOpt = None,
+) -> None:
+    """Run one worker: claim images from the queue, caption them in batches. SIGTERM drains and exits."""
+    import signal
+    import threading
+
+    from blipq.images import ImagePolicy
+    from blipq.model import CaptionEngine, resolve_checkpoint
+    from blipq.model.engine import quiet_transformers
+    from blipq.queue import open_queue
+    from blipq.supervisor import exit_with_supervisor
+    from blipq.worker import Worker, WorkerConfig
+
+    exit_with_supervisor()
+    settings = _settings(
+        queue=queue, model=model, checkpoints_dir=checkpoints_dir, device=device, dtype=dtype,
+        max_batch=max_batch, batch_wait_ms=batch_wait_ms, lease_s=lease_s,
+    )  # fmt: skip
+    quiet_transformers()
+    try:
+        job_queue = open_queue(settings.queue, max_attempts=settings.max_attempts)
+        checkpoint = resolve_checkpoint(settings.model, settings.checkpoints_dir)
+        engine = CaptionEngine.load(checkpoint, device=settings.device, dtype=settings.dtype)
+    except BlipqError as exc:
+        _fail(exc.message, code=3)
+    config = WorkerConfig(
+        max_batch=settings.max_batch,
+        batch_wait_ms=settings.batch_wait_ms,
+        lease_s=settings.lease_s,
+        fetch_timeout_s=settings.fetch_timeout_s,
+        max_fetch_bytes=settings.max_fetch_bytes,
+        policy=ImagePolicy(max_pixels=settings.max_image_pixels),
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    logging.getLogger("blipq").setLevel(logging.INFO)
+    logging.getLogger(__name__).info("worker ready: %s on %s", checkpoint, engine.device)
+    Worker(job_queue, engine, config, model_name=settings.model).run(stop)
+    job_queue.close()

@@ -15,6 +15,13 @@ class BlipqError(Exception):
         return {"code": self.code, "message": self.message}
 
 
+class InvalidInput(BlipqError):
+    """A request that is malformed: bad base64, no images, wrong field types."""
+
+    code = "invalid_input"
+    http_status = 400
+
+
 class InvalidImage(BlipqError):
     """The bytes are not an image we accept (wrong format, truncated, empty, ...)."""
 
@@ -48,6 +55,23 @@ class FetchFailed(BlipqError):
 
     code = "fetch_failed"
     http_status = 422
+
+
+class ImageFailed(BlipqError):
+    """An image of a synchronous single-image request failed; carries that image's own error code."""
+
+    http_status = 422
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Timeout(BlipqError):
+    """A blocking request waited longer than its limit; the job goes on and can be polled."""
+
+    code = "timeout"
+    http_status = 504
 
 
 class JobNotFound(BlipqError):

@@ -152,8 +152,8 @@ def test_list_oldest_first_with_status_filter_and_cursor(queue: JobQueue) -> Non
         queue.complete(claim, "ok")
     assert [job.id for job in queue.list_jobs()] == ids
     assert [job.id for job in queue.list_jobs(limit=2, after=ids[1])] == ids[2:4]
-    assert [job.id for job in queue.list_jobs(status=JobStatus.SUCCEEDED)] == ids[:2]
-    assert [job.id for job in queue.list_jobs(status=JobStatus.QUEUED, after=ids[2])] == ids[3:]
+    assert [job.id for job in queue.list_jobs(statuses=[JobStatus.SUCCEEDED])] == ids[:2]
+    assert [job.id for job in queue.list_jobs(statuses=[JobStatus.QUEUED, JobStatus.FAILED], after=ids[2])] == ids[3:]
 
 
 def test_purge_removes_only_jobs_finished_before_the_retention(queue: JobQueue) -> None:

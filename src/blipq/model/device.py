@@ -39,3 +39,7 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
         return _DTYPES[spec]
     except KeyError:
         raise ModelUnavailable(f"unknown dtype {spec!r}; choose one of auto, {', '.join(_DTYPES)}") from None
+
+
+def gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

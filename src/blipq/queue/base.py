@@ -12,7 +12,7 @@ Semantics every backend implements (and the shared contract tests check):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,8 +63,10 @@ class JobQueue(Protocol):
         """The job's current state; raises JobNotFound."""
         ...
 
-    def list_jobs(self, *, status: JobStatus | None = None, limit: int = 100, after: str | None = None) -> list[Job]:
-        """Jobs oldest first, optionally only one status, starting after the job id `after`."""
+    def list_jobs(
+        self, *, statuses: Collection[JobStatus] | None = None, limit: int = 100, after: str | None = None
+    ) -> list[Job]:
+        """Jobs oldest first, optionally only those in `statuses`, starting after the job id `after`."""
         ...
 
     def cancel(self, job_id: str) -> Job:

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 from blipq.errors import JobNotFound, QueueUnavailable
@@ -198,7 +198,9 @@ class SqliteQueue:
             raise JobNotFound(f"no job with id {job_id!r} (it may have been purged after the retention period)")
         return jobs[0]
 
-    def list_jobs(self, *, status: JobStatus | None = None, limit: int = 100, after: str | None = None) -> list[Job]:
+    def list_jobs(
+        self, *, statuses: Collection[JobStatus] | None = None, limit: int = 100, after: str | None = None
+    ) -> list[Job]:
         clauses, params = [], []
         with self._reading() as db:
             if after is not None:
@@ -207,9 +209,9 @@ class SqliteQueue:
                     raise JobNotFound(f"cursor {after!r} is not a known job id")
                 clauses.append("seq > ?")
                 params.append(row[0])
-            if status is not None:
-                clauses.append("status = ?")
-                params.append(status.value)
+            if statuses is not None:
+                clauses.append(f"status IN ({','.join('?' * len(statuses))})")
+                params.extend(status.value for status in statuses)
             where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
             return self._load_jobs(db, f"{where} ORDER BY seq LIMIT ?", (*params, limit))
 

@@ -1,0 +1,1 @@
+"""Route modules: seed-compatible, /v1, health and metrics."""

@@ -1,0 +1,165 @@
+"""The /v1 API: jobs, synchronous captions (JSON or uploads), and a Hugging Face Inference endpoint."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from blipq.api.deps import ServiceDep
+from blipq.api.inputs import check_count, from_base64, from_bytes, from_url
+from blipq.api.schemas import ErrorResponse, GeneratedText, JobList, JobRequest, JobView
+from blipq.api.service import Service
+from blipq.errors import ImageFailed, InvalidInput, InvalidOptions
+from blipq.jobs import CaptionOptions, ImageInput, Job, JobStatus
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["v1"],
+    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+
+
+def _job_inputs(body: JobRequest, limit: int) -> list[ImageInput]:
+    check_count(len(body.images), limit)
+    return [
+        from_base64(spec.b64, index) if spec.b64 is not None else from_url(spec.url or "", index)
+        for index, spec in enumerate(body.images)
+    ]
+
+
+@router.post("/jobs", status_code=202, response_model=JobView)
+def create_job(body: JobRequest, response: Response, service: ServiceDep) -> JobView:
+    """Queue a job; its URL is in the Location header."""
+    job_id = service.submit(_job_inputs(body, service.settings.max_images_per_job), body.options)
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    return JobView.of(service.queue.get(job_id))
+
+
+@router.get("/jobs/{job_id}", response_model=JobView)
+def get_job(job_id: str, service: ServiceDep) -> JobView:
+    return JobView.of(service.queue.get(job_id))
+
+
+@router.get("/jobs", response_model=JobList)
+def list_jobs(
+    service: ServiceDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+) -> JobList:
+    """Jobs oldest first."""
+    jobs = service.queue.list_jobs(statuses=[status] if status else None, limit=limit + 1, after=cursor)
+    page = jobs[:limit]
+    next_cursor = page[-1].id if len(jobs) > limit else None
+    return JobList(jobs=[JobView.of(job) for job in page], next_cursor=next_cursor)
+
+
+@router.delete("/jobs/{job_id}", response_model=JobView)
+def cancel_job(job_id: str, service: ServiceDep) -> JobView:
+    """Cancel the images not captioned yet; a finished job is returned unchanged."""
+    return JobView.of(service.queue.cancel(job_id))
+
+
+@router.post(
+    "/captions",
+    response_model=JobView,
+    responses={504: {"model": ErrorResponse}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {
+                    "schema": JobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+                },
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                            "options": {"type": "string", "description": "CaptionOptions as JSON"},
+                        },
+                    }
+                },
+            },
+            "required": True,
+        }
+    },
+)
+async def caption_now(request: Request, service: ServiceDep) -> JobView:
+    """Caption synchronously: a JSON body like POST /v1/jobs, or multipart file uploads."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        images, options = await _multipart(request, service.settings.max_images_per_job)
+    else:
+        body = _parse(JobRequest, await request.body())
+        images, options = _job_inputs(body, service.settings.max_images_per_job), body.options
+    job = await run_in_threadpool(_submit_and_wait, service, images, options)
+    return JobView.of(job)
+
+
+@router.post(
+    "/hf",
+    response_model=list[GeneratedText],
+    responses={504: {"model": ErrorResponse}},
+    openapi_extra={
+        "requestBody": {
+            "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+            "required": True,
+        }
+    },
+)
+async def hugging_face_image_to_text(request: Request, service: ServiceDep) -> list[GeneratedText]:
+    """Hugging Face Inference compatible: raw image bytes in (or JSON {"inputs": base64}), generated text out."""
+    body = await request.body()
+    if request.headers.get("content-type", "").startswith("application/json"):
+        payload = _parse_json(body)
+        if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), str):
+            raise InvalidInput('a JSON body must be {"inputs": "<base64 image>"}')
+        if payload.get("parameters"):
+            raise InvalidOptions("parameters are not supported here; use POST /v1/captions for options")
+        image = from_base64(payload["inputs"], 0)
+    else:
+        image = from_bytes(body, 0)
+    job = await run_in_threadpool(_submit_and_wait, service, [image], CaptionOptions())
+    outcome = job.images[0]
+    if outcome.error is not None:
+        raise ImageFailed(outcome.error.code, outcome.error.message)
+    return [GeneratedText(generated_text=outcome.caption or "")]
+
+
+def _submit_and_wait(service: Service, images: list[ImageInput], options: CaptionOptions) -> Job:
+    return service.wait(service.submit(images, options))
+
+
+async def _multipart(request: Request, limit: int) -> tuple[list[ImageInput], CaptionOptions]:
+    form = await request.form()
+    uploads = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+    check_count(len(uploads), limit)
+    images = [from_bytes(await upload.read(), index) for index, upload in enumerate(uploads)]
+    raw_options = form.get("options")
+    if raw_options is None:
+        return images, CaptionOptions()
+    if not isinstance(raw_options, str):
+        raise InvalidInput("the options form field must be JSON text")
+    return images, _parse(CaptionOptions, raw_options.encode())
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+
+
+Model = TypeVar("Model", JobRequest, CaptionOptions)
+
+
+def _parse(model: type[Model], body: bytes) -> Model:
+    try:
+        return model.model_validate(_parse_json(body))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(problems) from None

@@ -1,0 +1,104 @@
+"""Every route answers bad input with a 4xx and the JSON error body, and keeps serving."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from blipq.api import create_app
+from blipq.config import Settings
+from blipq.queue import open_queue
+from tests.helpers import drawing, encode
+from tests.server import Server
+
+PNG = base64.b64encode(encode(drawing(20, 20, "white", "red"), "PNG")).decode()
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    """The app in-process on a real SQLite queue with no worker: nothing is ever captioned."""
+    settings = Settings(queue=f"sqlite:///{tmp_path}/q.db", blocking_timeout_s=0.5, max_images_per_job=3)
+    queue = open_queue(settings.queue)
+    with TestClient(create_app(settings, queue)) as test_client:
+        yield test_client
+    queue.close()
+
+
+BAD_REQUESTS = [
+    ("post", "/captionImage", {"json": {"imgb64s": ["!!!not base64!!!"]}}, 400, "invalid_input", "image 0: not valid base64"),
+    ("post", "/captionImage", {"json": {"imgb64s": []}}, 400, "invalid_input", "no images given"),
+    ("post", "/captionImage", {"json": {}}, 422, "invalid_request", "give imgb64s"),
+    ("post", "/captionImage", {"json": {"imgb64s": "abc"}}, 422, "invalid_request", "imgb64s: Input should be a valid list"),
+    ("post", "/captionImage", {"json": {"imgb64s": [PNG], "imgurls": ["http://127.0.0.1:9/a"]}}, 422, "invalid_request", "not both"),
+    ("post", "/captionImage", {"json": {"imgb64s": [PNG, base64.b64encode(b"hello world").decode()]}}, 422, "invalid_image", "image 1: not a supported image (got text"),
+    ("post", "/captionImage", {"json": {"imgb64s": [PNG] * 4}}, 413, "input_too_large", "4 images in one request; the limit is 3"),
+    ("post", "/captionImage", {"json": {"imgurls": ["file:///etc/passwd"]}}, 400, "invalid_input", "is not an http or https URL"),
+    ("post", "/captionImage", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "invalid_request", "JSON decode error"),
+    ("post", "/captionImageBlocking", {"json": {"imgb64s": [""]}}, 422, "invalid_image", "image 0: image is empty"),
+    ("post", "/v1/jobs", {"json": {"images": [{"b64": PNG, "url": "http://127.0.0.1:9/"}]}}, 422, "invalid_request", "exactly one of b64 or url"),
+    ("post", "/v1/jobs", {"json": {"images": [{"b64": PNG}], "options": {"num_beams": 0}}}, 422, "invalid_request", "options.num_beams"),
+    ("post", "/v1/jobs", {"json": {"images": [{"b64": PNG}], "options": {"min_length": 50}}}, 422, "invalid_request", "must not exceed max_length"),
+    ("post", "/v1/jobs", {"json": {"images": [{"b64": PNG}], "colour": "red"}}, 422, "invalid_request", "Extra inputs"),
+    ("get", "/v1/jobs/0123456789abcdef0123456789abcdef", {}, 404, "job_not_found", "no job with id"),
+    ("delete", "/v1/jobs/unknown", {}, 404, "job_not_found", "no job with id 'unknown'"),
+    ("get", "/v1/jobs?cursor=unknown", {}, 404, "job_not_found", "cursor 'unknown'"),
+    ("get", "/v1/jobs?status=bogus", {}, 422, "invalid_request", "status: Input should be"),
+    ("get", "/captionImage?limit=0", {}, 422, "invalid_request", "limit: Input should be greater than or equal to 1"),
+    ("post", "/v1/captions", {"content": b"[1, 2]", "headers": {"content-type": "application/json"}}, 400, "invalid_input", "Input should be a valid dictionary"),
+    ("post", "/v1/captions", {"files": [("images", ("a.txt", b"just text", "text/plain"))]}, 422, "invalid_image", "image 0: not a supported image"),
+    ("post", "/v1/captions", {"files": [("images", ("a.png", base64.b64decode(PNG), "image/png"))], "data": {"options": "{bad"}}, 400, "invalid_input", "not valid JSON"),
+    ("post", "/v1/hf", {"content": b"<svg xmlns='http://www.w3.org/2000/svg'/>"}, 422, "invalid_image", "got an SVG document"),
+    ("post", "/v1/hf", {"content": b""}, 422, "invalid_image", "image is empty"),
+    ("post", "/v1/hf", {"json": {"inputs": PNG, "parameters": {"max_new_tokens": 5}}}, 422, "invalid_options", "parameters are not supported"),
+    ("post", "/v1/hf", {"json": {"image": PNG}}, 400, "invalid_input", '{"inputs": "<base64 image>"}'),
+    ("get", "/no/such/route", {}, 404, "not_found", "Not Found"),
+    ("put", "/captionImage", {}, 405, "method_not_allowed", "Method Not Allowed"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "code", "message"),
+    BAD_REQUESTS,
+    ids=[f"{r[1]}-{r[4]}" for r in BAD_REQUESTS],
+)
+def test_bad_input_gets_a_clear_json_error(
+    client: TestClient, method: str, path: str, kwargs: dict[str, object], status: int, code: str, message: str
+) -> None:
+    response = client.request(method, path, **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"error"}
+    assert response.json()["error"]["code"] == code
+    assert message in response.json()["error"]["message"]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_blocking_timeout_is_504_with_the_job_id(client: TestClient) -> None:
+    response = client.post("/captionImageBlocking", json={"imgb64s": [PNG]})
+    assert response.status_code == 504
+    job_id = response.json()["id"]
+    assert response.json()["error"]["code"] == "timeout"
+    assert f"poll GET /v1/jobs/{job_id}" in response.json()["error"]["message"]
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+    assert client.post("/v1/captions", json={"images": [{"b64": PNG}]}).status_code == 504
+    assert client.post("/v1/hf", content=base64.b64decode(PNG)).status_code == 504
+
+
+def test_readyz_without_a_worker_is_503(client: TestClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "not_ready"
+
+
+def test_a_real_server_survives_garbage(server: Server) -> None:
+    for body in (b"\x00\xff" * 1000, b'{"imgb64s": [1, 2, 3]}', b'{"imgb64s": ["' + b"A" * 100_000 + b'"]}'):
+        response = httpx.post(
+            f"{server.url}/captionImage", content=body, headers={"content-type": "application/json"}, timeout=30
+        )
+        assert 400 <= response.status_code < 500
+        assert "error" in response.json()
+    assert httpx.get(f"{server.url}/readyz").status_code == 200

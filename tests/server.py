@@ -1,0 +1,72 @@
+"""Run a real `blipq serve` subprocess on a free loopback port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, model: Path, data_dir: Path, *extra: str, workers: int = 1, lease_s: float = 3.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = data_dir / f"serve-{self.port}.log"
+        self.command = [
+            sys.executable, "-m", "blipq", "serve", "--port", str(self.port), "--model", str(model),
+            "--queue", f"sqlite:///{data_dir}/queue.db", "--workers", str(workers), "--lease-s", str(lease_s),
+            "--device", "cpu", *extra,
+        ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, ready: bool = True, timeout_s: float = 120) -> Server:
+        log = self.log_path.open("ab")
+        # Its own session, so the whole tree (server + workers) can be killed at once.
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=log, start_new_session=True)
+        path = "/readyz" if ready else "/healthz"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"blipq serve exited early:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + path, timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"blipq serve not ready after {timeout_s} s:\n{self.log_path.read_text()[-3000:]}")
+
+    def worker_pids(self) -> list[int]:
+        assert self.process is not None
+        # Children are listed per thread; the supervisor threads start the workers.
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        return sorted(int(pid) for task in tasks.iterdir() for pid in (task / "children").read_text().split())
+
+    def kill_everything(self) -> None:
+        """SIGKILL the server and its workers together, like a machine losing power."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
