@@ -328,10 +328,21 @@ def worker(
         max_fetch_bytes=settings.max_fetch_bytes,
         policy=ImagePolicy(max_pixels=settings.max_image_pixels),
     )
-    stop = threading.Event()
+    # The handler only records the signal: setting an Event from a handler can deadlock on the
+    # Event's own lock, so the main thread sets it while the worker runs in another thread.
+    signals: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, lambda received, _frame: signals.append(received))
     logging.getLogger("blipq").setLevel(logging.INFO)
     logging.getLogger(__name__).info("worker ready: %s on %s", checkpoint, engine.device)
-    Worker(job_queue, engine, config, model_name=settings.model).run(stop)
+    stop = threading.Event()
+    runner = threading.Thread(
+        target=Worker(job_queue, engine, config, model_name=settings.model).run, args=(stop,), name="blipq-worker"
+    )
+    runner.start()
+    while runner.is_alive():
+        runner.join(0.2)
+        if signals and not stop.is_set():
+            logging.getLogger(__name__).info("signal %d: finishing the images in hand, then exiting", signals[0])
+            stop.set()
     job_queue.close()
