@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from blipq.images import ImagePolicy, decode_image
 from blipq.jobs import CaptionOptions
@@ -37,24 +38,28 @@ def test_rows_come_back_in_order_with_errors_in_place(engine: CaptionEngine) -> 
     assert "FileNotFoundError" in errors["missing.png"].message
 
 
-def test_a_failing_batch_fails_its_images_and_the_run_goes_on(
-    engine: CaptionEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_image_the_model_fails_on_fails_alone(engine: CaptionEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     files = _files()
     names = [f"img{i}.png" for i in range(6)]
+    poisoned = engine.prepare(decode_image(files["img4.png"]))
     real_generate = engine.generate
-    calls = {"n": 0}
+    batch_sizes: list[int] = []
 
-    def failing_once(*args: object, **kwargs: object) -> list[list[int]]:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("CUDA out of memory (simulated)")
-        return real_generate(*args, **kwargs)  # type: ignore[arg-type]
+    def fails_on_img4(prepared: list[torch.Tensor], options: CaptionOptions) -> list[list[int]]:
+        batch_sizes.append(len(prepared))
+        if any(torch.equal(tensor, poisoned) for tensor in prepared):
+            raise RuntimeError("CUDA error: an illegal memory access (simulated)")
+        return real_generate(prepared, options)
 
-    monkeypatch.setattr(engine, "generate", failing_once)
+    monkeypatch.setattr(engine, "generate", fails_on_img4)
     rows = list(
-        caption_sources(engine, names, CaptionOptions(), read=files.__getitem__, policy=ImagePolicy(), batch_size=3)
+        caption_sources(engine, names, CaptionOptions(), read=files.__getitem__, policy=ImagePolicy(), batch_size=6)
     )
-    assert [row.error.code if row.error else "ok" for row in rows] == ["model_error"] * 3 + ["ok"] * 3
-    assert rows[0].error is not None
-    assert "out of memory" in rows[0].error.message
+    monkeypatch.undo()
+    assert [row.error.code if row.error else "ok" for row in rows] == ["ok"] * 4 + ["model_error", "ok"]
+    assert rows[4].error is not None
+    assert "illegal memory access" in rows[4].error.message
+    good = [files[name] for name in names if name != "img4.png"]
+    expected = engine.caption([decode_image(data) for data in good], CaptionOptions())
+    assert [row.caption for row in rows if row.error is None] == expected
+    assert batch_sizes == [6, 3, 3, 1, 2, 1, 1]  # halves until img4 is alone

@@ -2,8 +2,8 @@
 
 Decoding and pre-processing happen on a thread pool a bounded window ahead of the model, so
 CPU work overlaps generation without holding every image in memory. A source that cannot be
-read or decoded becomes an error row; a batch the model fails on gives each of its images
-an error row; the run always goes on.
+read or decoded becomes an error row; a batch the model fails on is split until only the
+failing image gets an error row (`CaptionEngine.generate_each`); the run always goes on.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from blipq.errors import BlipqError, InvalidImage, ModelFailed
+from blipq.errors import BlipqError, InvalidImage
 from blipq.images import ImagePolicy, decode_image
 from blipq.jobs import CaptionOptions, CaptionRow
 from blipq.model.engine import CaptionEngine
@@ -71,15 +71,13 @@ def _run_batch(
             log.exception("unexpected error preparing %s", source)
             rows.append(CaptionRow(source, error=InvalidImage(f"could not decode: {type(exc).__name__}: {exc}")))
     if ready:
-        try:
-            token_ids = engine.generate([tensor for _, tensor in ready], options)
-            for (index, _), ids in zip(ready, token_ids, strict=True):
-                rows[index] = CaptionRow(batch[index][0], caption=engine.decode(ids, options))
-        except Exception as exc:  # the whole batch fails together; the caller's run goes on
-            log.exception("model failed on a batch of %d images", len(ready))
-            failure = ModelFailed(f"model failed on this image's batch: {type(exc).__name__}: {exc}")
-            for index, _ in ready:
-                rows[index] = CaptionRow(batch[index][0], error=failure)
+        outcomes = engine.generate_each([tensor for _, tensor in ready], options)
+        for (index, _), outcome in zip(ready, outcomes, strict=True):
+            source = batch[index][0]
+            if isinstance(outcome, BlipqError):
+                rows[index] = CaptionRow(source, error=outcome)
+            else:
+                rows[index] = CaptionRow(source, caption=engine.decode(outcome, options))
     for row in rows:
         assert row is not None
         yield row

@@ -6,8 +6,8 @@ Three threads cooperate:
   next batch is decoded while the model runs;
 - the model loop (the caller's thread) captions handed-over batches and records outcomes;
 - the keeper renews the leases of every image held and sends heartbeats.
-One bad image fails only itself; a batch the model fails on is split in halves until the
-failing image is isolated (this is also how a CUDA out-of-memory error is absorbed).
+One bad image fails only itself: `CaptionEngine.generate_each` splits a batch the model fails on
+until the failing image is isolated (this is also how a CUDA out-of-memory error is absorbed).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from blipq.errors import BlipqError, InvalidImage, ModelFailed
+from blipq.errors import BlipqError, InvalidImage
 from blipq.fetch import fetch_url
 from blipq.images import ImagePolicy, decode_image
 from blipq.jobs import CaptionOptions, ErrorInfo, ImageInput
-from blipq.model.engine import CaptionEngine, release_cached_memory
+from blipq.model.engine import CaptionEngine
 from blipq.queue import ClaimedImage, JobQueue, WorkerInfo
 
 if TYPE_CHECKING:
@@ -149,27 +149,13 @@ class Worker:
             self._generate(ready, ready[0][0].options)
 
     def _generate(self, items: list[tuple[ClaimedImage, Tensor]], options: CaptionOptions) -> None:
-        """Caption `items` in one call; on failure split in halves until the failing image is alone."""
-        try:
-            self.model_calls += 1
-            token_ids = self.engine.generate([tensor for _, tensor in items], options)
-        except BlipqError as exc:
-            for claim, _ in items:
-                self._finish(claim, error=exc)
-            return
-        except Exception as exc:
-            release_cached_memory()
-            if len(items) > 1:
-                log.warning("model failed on a batch of %d (%s); retrying in halves", len(items), exc)
-                middle = len(items) // 2
-                self._generate(items[:middle], options)
-                self._generate(items[middle:], options)
-                return
-            log.exception("model failed on image %d of job %s", items[0][0].index, items[0][0].job_id)
-            self._finish(items[0][0], error=ModelFailed(f"model failed: {type(exc).__name__}: {exc}"))
-            return
-        for (claim, _), ids in zip(items, token_ids, strict=True):
-            self._finish(claim, caption=self.engine.decode(ids, options))
+        self.model_calls += 1
+        outcomes = self.engine.generate_each([tensor for _, tensor in items], options)
+        for (claim, _), outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, BlipqError):
+                self._finish(claim, error=outcome)
+            else:
+                self._finish(claim, caption=self.engine.decode(outcome, options))
 
     def _finish(self, claim: ClaimedImage, *, caption: str | None = None, error: BlipqError | None = None) -> None:
         if error is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,9 +11,11 @@ import torch
 from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
-from blipq.errors import InvalidOptions, ModelUnavailable
+from blipq.errors import BlipqError, InvalidOptions, ModelFailed, ModelUnavailable
 from blipq.jobs import CaptionOptions
 from blipq.model.device import resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
 
 
 class CaptionEngine:
@@ -102,6 +105,26 @@ class CaptionEngine:
             )
         start = self.prompt_length(options.prompt)
         return [self._trim(row, start) for row in output.tolist()]
+
+    def generate_each(self, prepared: Sequence[torch.Tensor], options: CaptionOptions) -> list[list[int] | BlipqError]:
+        """Like `generate`, but a failure costs only the image that causes it.
+
+        A failing batch (CUDA out of memory, a model error on one input) is split in halves and
+        retried until every image is captioned or is alone in failing. Errors are returned in
+        place of that image's token ids.
+        """
+        try:
+            return list(self.generate(prepared, options))
+        except BlipqError as exc:  # invalid options: the same for every image
+            return [exc] * len(prepared)
+        except Exception as exc:
+            release_cached_memory()
+            if len(prepared) == 1:
+                log.exception("model failed on one image")
+                return [ModelFailed(f"model failed: {type(exc).__name__}: {exc}")]
+            log.warning("model failed on a batch of %d (%s); retrying in halves", len(prepared), exc)
+            middle = len(prepared) // 2
+            return self.generate_each(prepared[:middle], options) + self.generate_each(prepared[middle:], options)
 
     def decode(self, token_ids: Sequence[int], options: CaptionOptions) -> str:
         """The caption text without the prompt, as the original BLIP caption decoder returned it."""
