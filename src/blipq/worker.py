@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -49,6 +50,21 @@ class WorkerConfig:
     policy: ImagePolicy = field(default_factory=ImagePolicy)
 
 
+class _Backoff:
+    """0.5 s, doubling, capped at 10 s."""
+
+    def __init__(self) -> None:
+        self._delay = 0.5
+
+    def next(self) -> float:
+        delay = self._delay
+        self._delay = min(self._delay * 2, 10.0)
+        return delay
+
+    def reset(self) -> None:
+        self._delay = 0.5
+
+
 @dataclass
 class _Batch:
     claims: list[ClaimedImage]
@@ -70,10 +86,12 @@ class Worker:
         self._held: dict[tuple[str, int], ClaimedImage] = {}
         self._held_lock = threading.Lock()
         self._handoff: stdlib_queue.Queue[_Batch | None] = stdlib_queue.Queue(maxsize=1)
+        self._stop = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
         """Work until `stop` is set, then finish every image already claimed and return."""
-        self.queue.heartbeat(self._beat())
+        self._stop = stop
+        self._persist(lambda: self.queue.heartbeat(self._beat()), "send a heartbeat")
         pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="blipq-decode")
         feeder = threading.Thread(target=self._feed, args=(stop, pool), name="blipq-feeder", daemon=True)
         keeper = threading.Thread(target=self._keep, args=(stop,), name="blipq-keeper", daemon=True)
@@ -95,13 +113,16 @@ class Worker:
     def _feed(self, stop: threading.Event, pool: ThreadPoolExecutor) -> None:
         try:
             seen = self.queue.wait_for_work(None, 0)
+            backoff = _Backoff()
             while not stop.is_set():
                 try:
                     claims = self._claim_batch()
                 except BlipqError as exc:
-                    log.warning("cannot claim work: %s", exc.message)
-                    stop.wait(1.0)
+                    delay = backoff.next()
+                    log.warning("cannot claim work (%s); retrying in %.1f s", exc.message, delay)
+                    stop.wait(delay)
                     continue
+                backoff.reset()
                 if not claims:
                     seen = self.queue.wait_for_work(seen, 1.0)
                     continue
@@ -159,12 +180,34 @@ class Worker:
 
     def _finish(self, claim: ClaimedImage, *, caption: str | None = None, error: BlipqError | None = None) -> None:
         if error is not None:
-            self.queue.fail(claim, ErrorInfo(error.code, f"image {claim.index}: {error.message}"))
+            info = ErrorInfo(error.code, f"image {claim.index}: {error.message}")
+            self._persist(lambda: self.queue.fail(claim, info), "record an error")
         else:
             assert caption is not None
-            self.queue.complete(claim, caption)
+            self._persist(lambda: self.queue.complete(claim, caption), "record a caption")
         with self._held_lock:
             self._held.pop((claim.job_id, claim.index), None)
+
+    def _persist(self, operation: Callable[[], object], what: str) -> None:
+        """Retry a queue write through an outage with capped backoff, so the worker never crash-loops.
+
+        After `stop`, give up once a lease would have expired anyway: the image is then redone elsewhere.
+        """
+        backoff = _Backoff()
+        give_up_at: float | None = None
+        while True:
+            try:
+                operation()
+                return
+            except BlipqError as exc:
+                if self._stop.is_set():
+                    give_up_at = give_up_at or time.monotonic() + self.config.lease_s
+                    if time.monotonic() > give_up_at:
+                        log.error("giving up trying to %s: %s", what, exc.message)
+                        return
+                delay = backoff.next()
+                log.warning("cannot %s (%s); retrying in %.1f s", what, exc.message, delay)
+                time.sleep(delay)
 
     # -- keeper --------------------------------------------------------------------------------
 

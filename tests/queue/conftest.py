@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,8 +13,12 @@ from blipq.queue import JobQueue, open_queue
 QueueFactory = Callable[..., JobQueue]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "redis"])
 def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "redis":
+        # One redis-server per session; a fresh key prefix per test instead of flushing it.
+        redis_url: str = request.getfixturevalue("redis_url")
+        return f"{redis_url}?prefix=test-{uuid.uuid4().hex[:12]}"
     return f"sqlite:///{tmp_path}/queue.db"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from blipq.config import Settings
-from blipq.errors import Timeout
+from blipq.errors import BlipqError, Timeout
 from blipq.jobs import CaptionOptions, ImageInput, Job
 from blipq.queue import JobQueue
 
@@ -24,7 +25,14 @@ class Metrics:
         )
         self.timeouts = Counter("blipq_blocking_timeouts", "Blocking requests answered 504.", registry=self.registry)
         depth = Gauge("blipq_queue_depth", "Images queued or being captioned.", registry=self.registry)
-        depth.set_function(queue.depth)
+
+        def current_depth() -> float:
+            try:
+                return float(queue.depth())
+            except BlipqError:
+                return math.nan  # the queue is unreachable; /readyz says so
+
+        depth.set_function(current_depth)
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""Cross-process "job finished" wake-ups for queues on one machine, over Unix datagram sockets.
+"""Wake-ups for threads waiting on a queue: "a job finished", "work was enqueued".
 
-Each process that waits on jobs binds one socket in a directory derived from the queue's
-file; a process that finishes a job sends the job id to every socket there. A lost datagram
-only delays a waiter until its next periodic re-check, never loses a result: the queue's
-storage is the truth, the socket is only a doorbell.
+`Bell` wakes waiters in this process. `Doorbell` also rings across processes on one machine
+over Unix datagram sockets (for SQLite): each process that waits binds one socket in a
+directory derived from the queue's file, and a ringing process sends a byte to every socket
+there. A lost wake-up only delays a waiter until its next periodic re-check, never loses a
+result: the queue's storage is the truth, the bell is only a hint to look again.
 """
 
 from __future__ import annotations
@@ -18,20 +19,42 @@ import uuid
 from pathlib import Path
 
 
-class Doorbell:
+class Bell:
+    """A counter that changes on every ring, with waiters that sleep until it changes."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._generation = 0
+
+    def ring(self) -> None:
+        with self._condition:
+            self._generation += 1
+            self._condition.notify_all()
+
+    def generation(self) -> int:
+        """The current count; pass it to `wait_for_ring`."""
+        with self._condition:
+            return self._generation
+
+    def wait_for_ring(self, seen: int, timeout_s: float) -> None:
+        """Sleep until a ring newer than `seen` or the timeout."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._generation != seen, timeout=timeout_s)
+
+
+class Doorbell(Bell):
     def __init__(self, key: str) -> None:
+        super().__init__()
         digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:16]
         # Short and fixed-length: Unix socket paths are limited to ~100 bytes.
         self.directory = Path(tempfile.gettempdir()) / f"blipq-{digest}"
-        self._condition = threading.Condition()
-        self._generation = 0
         self._socket: socket.socket | None = None
         self._path: Path | None = None
         self._listen_lock = threading.Lock()
 
     def ring(self) -> None:
         """Wake every waiter in every process listening on this queue."""
-        self._wake_local()
+        super().ring()
         try:
             listeners = list(self.directory.glob("*.sock"))
         except OSError:
@@ -50,15 +73,8 @@ class Doorbell:
                     pass  # full buffer: that listener is already awake
 
     def generation(self) -> int:
-        """A counter that changes on every ring; pass it to `wait_for_ring`."""
         self._listen()
-        with self._condition:
-            return self._generation
-
-    def wait_for_ring(self, seen: int, timeout_s: float) -> None:
-        """Sleep until a ring newer than `seen` or the timeout."""
-        with self._condition:
-            self._condition.wait_for(lambda: self._generation != seen, timeout=timeout_s)
+        return super().generation()
 
     def close(self) -> None:
         if self._socket is not None:
@@ -66,11 +82,6 @@ class Doorbell:
         if self._path is not None:
             with contextlib.suppress(OSError):
                 self._path.unlink()
-
-    def _wake_local(self) -> None:
-        with self._condition:
-            self._generation += 1
-            self._condition.notify_all()
 
     def _listen(self) -> None:
         with self._listen_lock:
@@ -89,4 +100,4 @@ class Doorbell:
                 listener.recv(64)
             except OSError:
                 return  # closed
-            self._wake_local()
+            Bell.ring(self)
