@@ -16,9 +16,7 @@ class RedisServer:
     def __init__(self, directory: Path, *, append_only: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError(
-                "redis-server is not installed; the Redis tests need it (apt-get install redis-server)"
-            )
+            raise RuntimeError("redis-server is not installed; the Redis tests need it (apt-get install redis-server)")
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"

@@ -20,14 +20,22 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, model: Path, data_dir: Path, *extra: str, workers: int = 1, lease_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        model: Path,
+        data_dir: Path,
+        *extra: str,
+        workers: int = 1,
+        lease_s: float = 3.0,
+        queue: str | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = data_dir / f"serve-{self.port}.log"
         self.command = [
             sys.executable, "-m", "blipq", "serve", "--port", str(self.port), "--model", str(model),
-            "--queue", f"sqlite:///{data_dir}/queue.db", "--workers", str(workers), "--lease-s", str(lease_s),
+            "--queue", queue or f"sqlite:///{data_dir}/queue.db", "--workers", str(workers), "--lease-s", str(lease_s),
             "--device", "cpu", *extra,
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
@@ -70,3 +78,38 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+class WorkerProcess:
+    """A standalone `blipq worker` subprocess."""
+
+    def __init__(self, model: Path, queue: str, log_path: Path, *extra: str, lease_s: float = 3.0) -> None:
+        self.command = [
+            sys.executable, "-m", "blipq", "worker", "--queue", queue, "--model", str(model), "--device", "cpu",
+            "--lease-s", str(lease_s), *extra,
+        ]  # fmt: skip
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=log, start_new_session=True)
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
