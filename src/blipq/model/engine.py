@@ -14,6 +14,7 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 from blipq.errors import BlipqError, InvalidOptions, ModelFailed, ModelUnavailable
 from blipq.jobs import CaptionOptions
 from blipq.model.device import resolve_device, resolve_dtype
+from blipq.model.speedups import prefilled_cache, use_sdpa_in_vision_encoder
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class CaptionEngine:
         dtype: torch.dtype,
     ) -> None:
         self.model = model.to(device=device, dtype=dtype).eval()
+        use_sdpa_in_vision_encoder(self.model)
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.device = device
@@ -84,24 +86,34 @@ class CaptionEngine:
         return [self.decode(ids, options) for ids in self.generate(prepared, options)]
 
     def generate(self, prepared: Sequence[torch.Tensor], options: CaptionOptions) -> list[list[int]]:
-        """Token ids per prepared image (prompt included, up to and including the end token)."""
+        """Token ids per prepared image (prompt included, up to and including the end token).
+
+        The same steps as `BlipForConditionalGeneration.generate`, with the vision encoder and
+        the image's cross-attention keys/values run once per image before beam search starts.
+        """
         self.check_options(options)
-        pixel_values = torch.stack(list(prepared))
+        pixel_values = torch.stack(list(prepared)).to(device=self.device, dtype=self.dtype, non_blocking=True)
         batch = pixel_values.shape[0]
         prompt_ids = self._prompt_ids(options.prompt)
-        kwargs: dict[str, object] = {}
-        if prompt_ids:
-            ids = torch.tensor([prompt_ids] * batch, dtype=torch.long, device=self.device)
-            kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        text_config = self.model.config.text_config
+        # Like BLIP: the first token becomes the decoder start token, the prompt's closing [SEP] is dropped.
+        start_ids = [text_config.bos_token_id, *prompt_ids[1:-1]] if prompt_ids else [text_config.bos_token_id]
+        input_ids = torch.tensor([start_ids] * batch, dtype=torch.long, device=self.device)
         with torch.inference_mode():
-            output = self.model.generate(
-                pixel_values=pixel_values.to(device=self.device, dtype=self.dtype, non_blocking=True),
+            image_embeds = self.model.vision_model(pixel_values=pixel_values)[0]
+            output = self.model.text_decoder.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids) if prompt_ids else None,
+                encoder_hidden_states=image_embeds,
+                encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device),
+                eos_token_id=text_config.sep_token_id,
+                pad_token_id=text_config.pad_token_id,
                 num_beams=options.num_beams,
                 max_length=options.max_length,
                 min_length=options.min_length,
                 repetition_penalty=options.repetition_penalty,
                 do_sample=False,
-                **kwargs,
+                cache=prefilled_cache(self.model, image_embeds, options.num_beams),
             )
         start = self.prompt_length(options.prompt)
         return [self._trim(row, start) for row in output.tolist()]
