@@ -92,7 +92,10 @@ class CaptionEngine:
         the image's cross-attention keys/values run once per image before beam search starts.
         """
         self.check_options(options)
-        pixel_values = torch.stack(list(prepared)).to(device=self.device, dtype=self.dtype, non_blocking=True)
+        pixel_values = torch.stack(list(prepared))
+        if self.device.type == "cuda":
+            pixel_values = pixel_values.pin_memory()  # so the copy below overlaps instead of blocking
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype, non_blocking=True)
         batch = pixel_values.shape[0]
         prompt_ids = self._prompt_ids(options.prompt)
         text_config = self.model.config.text_config
