@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -38,6 +39,10 @@ class CaptionOptions(BaseModel):
         if self.min_length > self.max_length:
             raise ValueError(f"min_length ({self.min_length}) must not exceed max_length ({self.max_length})")
         return self
+
+    def canonical_json(self) -> str:
+        """Equal options give equal strings: queues group images into batches by this string."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def build(cls, **values: object) -> CaptionOptions:

@@ -16,7 +16,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from blipq.errors import JobNotFound
 from blipq.jobs import CaptionOptions, ErrorInfo, ImageInput, Job, JobStatus
+
+
+def job_not_found(job_id: str) -> JobNotFound:
+    return JobNotFound(f"no job with id {job_id!r} (it may have been purged after the retention period)")
 
 
 @dataclass(frozen=True)

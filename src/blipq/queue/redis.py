@@ -26,7 +26,7 @@ from redis.commands.core import Script
 from blipq.errors import JobNotFound, QueueUnavailable
 from blipq.jobs import CaptionOptions, ErrorInfo, ImageInput, ImageOutcome, Job, JobStatus
 from blipq.queue import redis_scripts
-from blipq.queue.base import ClaimedImage, WorkerInfo
+from blipq.queue.base import ClaimedImage, WorkerInfo, job_not_found
 from blipq.queue.notify import Bell
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class RedisQueue:
 
     def enqueue(self, images: Sequence[ImageInput], options: CaptionOptions) -> str:
         job_id = uuid.uuid4().hex
-        options_json = _options_json(options)
+        options_json = options.canonical_json()
         payload: list[Any] = []
         for image in images:
             payload += ["url", image.url] if image.url is not None else ["data", image.data]
@@ -75,7 +75,7 @@ class RedisQueue:
 
     def claim(self, max_images: int, lease_s: float, options: CaptionOptions | None = None) -> list[ClaimedImage]:
         now = time.time()
-        wanted = _options_key(_options_json(options)) if options is not None else ""
+        wanted = _options_key(options.canonical_json()) if options is not None else ""
         token = uuid.uuid4().hex
         _, claimed, _ = self._run(
             "CLAIM", now + lease_s, max_images, self.max_attempts, self._consumer, wanted, token, now=now
@@ -113,7 +113,7 @@ class RedisQueue:
 
     def cancel(self, job_id: str) -> Job:
         if not self._run("CANCEL", job_id):
-            raise _not_found(job_id)
+            raise job_not_found(job_id)
         return self.get(job_id)
 
     def purge(self, older_than_s: float) -> int:
@@ -139,7 +139,7 @@ class RedisQueue:
     def get(self, job_id: str) -> Job:
         jobs = self._load([job_id])
         if not jobs:
-            raise _not_found(job_id)
+            raise job_not_found(job_id)
         return jobs[0]
 
     def list_jobs(
@@ -284,16 +284,8 @@ class RedisQueue:
                     pubsub.close()
 
 
-def _options_json(options: CaptionOptions) -> str:
-    return json.dumps(options.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-
-
 def _options_key(options_json: str) -> str:
     return hashlib.sha1(options_json.encode(), usedforsecurity=False).hexdigest()[:20]
-
-
-def _not_found(job_id: str) -> JobNotFound:
-    return JobNotFound(f"no job with id {job_id!r} (it may have been purged after the retention period)")
 
 
 def _text(raw: dict[bytes, bytes]) -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import threading
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from blipq.errors import JobNotFound, QueueUnavailable
 from blipq.jobs import CaptionOptions, ErrorInfo, ImageInput, ImageOutcome, Job, JobStatus
-from blipq.queue.base import ClaimedImage, WorkerInfo
+from blipq.queue.base import ClaimedImage, WorkerInfo, job_not_found
 from blipq.queue.notify import Doorbell
 
 SCHEMA = """
@@ -81,7 +80,7 @@ class SqliteQueue:
 
     def enqueue(self, images: Sequence[ImageInput], options: CaptionOptions) -> str:
         job_id = uuid.uuid4().hex
-        options_json = _options_key(options)
+        options_json = options.canonical_json()
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO jobs (id, status, options, n_images, created_at) VALUES (?, 'queued', ?, ?, ?)",
@@ -102,7 +101,7 @@ class SqliteQueue:
         with self._transaction() as db:
             finished += self._fail_exhausted(db, now)
             if options is not None:
-                first = (_options_key(options),)
+                first = (options.canonical_json(),)
             else:
                 first = db.execute(
                     f"SELECT options FROM images WHERE {_CLAIMABLE} ORDER BY job_seq, idx LIMIT 1", {"now": now}
@@ -195,7 +194,7 @@ class SqliteQueue:
         with self._reading() as db:
             jobs = self._load_jobs(db, "WHERE id = ?", (job_id,))
         if not jobs:
-            raise JobNotFound(f"no job with id {job_id!r} (it may have been purged after the retention period)")
+            raise job_not_found(job_id)
         return jobs[0]
 
     def list_jobs(
@@ -323,7 +322,7 @@ class SqliteQueue:
     def _status(self, db: sqlite3.Connection, job_id: str) -> JobStatus:
         row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise JobNotFound(f"no job with id {job_id!r} (it may have been purged after the retention period)")
+            raise job_not_found(job_id)
         return JobStatus(row[0])
 
     def _load_jobs(self, db: sqlite3.Connection, tail: str, params: Sequence[object]) -> list[Job]:
@@ -353,8 +352,3 @@ class SqliteQueue:
             )
             for job_id, status, options, created_at, started_at, finished_at in rows
         ]
-
-
-def _options_key(options: CaptionOptions) -> str:
-    """Canonical JSON: equal options give equal strings, so images batch together by string equality."""
-    return json.dumps(options.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
