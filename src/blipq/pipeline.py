@@ -59,25 +59,35 @@ def caption_sources(
 def _run_batch(
     engine: CaptionEngine, batch: list[tuple[str, Future[Tensor]]], options: CaptionOptions
 ) -> Iterator[CaptionRow]:
-    rows: list[CaptionRow | None] = []
+    outcomes = caption_prepared(engine, [future for _, future in batch], options, [source for source, _ in batch])
+    for (source, _), outcome in zip(batch, outcomes, strict=True):
+        if isinstance(outcome, BlipqError):
+            yield CaptionRow(source, error=outcome)
+        else:
+            yield CaptionRow(source, caption=outcome)
+
+
+def caption_prepared(
+    engine: CaptionEngine, prepared: Sequence[Future[Tensor]], options: CaptionOptions, names: Sequence[str]
+) -> list[str | BlipqError]:
+    """Wait for each image's decoding, caption the decoded ones in one batch; one outcome per image, in order.
+
+    An image that failed to decode gets its error; an unexpected exception (a decoder bug) costs that
+    image only. `names` label images in the log.
+    """
+    outcomes: list[str | BlipqError | None] = []  # None until the model has run
     ready: list[tuple[int, Tensor]] = []
-    for index, (source, future) in enumerate(batch):
+    for index, (name, future) in enumerate(zip(names, prepared, strict=True)):
         try:
             ready.append((index, future.result()))
-            rows.append(None)
+            outcomes.append(None)
         except BlipqError as exc:
-            rows.append(CaptionRow(source, error=exc))
-        except Exception as exc:  # a decoder bug must cost one image, not the run
-            log.exception("unexpected error preparing %s", source)
-            rows.append(CaptionRow(source, error=InvalidImage(f"could not decode: {type(exc).__name__}: {exc}")))
+            outcomes.append(exc)
+        except Exception as exc:
+            log.exception("unexpected error preparing %s", name)
+            outcomes.append(InvalidImage(f"could not decode: {type(exc).__name__}: {exc}"))
     if ready:
-        outcomes = engine.generate_each([tensor for _, tensor in ready], options)
-        for (index, _), outcome in zip(ready, outcomes, strict=True):
-            source = batch[index][0]
-            if isinstance(outcome, BlipqError):
-                rows[index] = CaptionRow(source, error=outcome)
-            else:
-                rows[index] = CaptionRow(source, caption=engine.decode(outcome, options))
-    for row in rows:
-        assert row is not None
-        yield row
+        generated = engine.generate_each([tensor for _, tensor in ready], options)
+        for (index, _), ids in zip(ready, generated, strict=True):
+            outcomes[index] = ids if isinstance(ids, BlipqError) else engine.decode(ids, options)
+    return [outcome for outcome in outcomes if outcome is not None]

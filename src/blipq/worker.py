@@ -25,11 +25,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from blipq.errors import BlipqError, InvalidImage
+from blipq.errors import BlipqError
 from blipq.fetch import fetch_url
 from blipq.images import ImagePolicy, decode_image
-from blipq.jobs import CaptionOptions, ErrorInfo, ImageInput
+from blipq.jobs import ErrorInfo, ImageInput
 from blipq.model.engine import CaptionEngine
+from blipq.pipeline import caption_prepared
 from blipq.queue import ClaimedImage, JobQueue, WorkerInfo
 
 if TYPE_CHECKING:
@@ -82,7 +83,6 @@ class Worker:
             device=str(engine.device),
             seen_at=time.time(),
         )
-        self.model_calls = 0
         self._held: dict[tuple[str, int], ClaimedImage] = {}
         self._held_lock = threading.Lock()
         self._handoff: stdlib_queue.Queue[_Batch | None] = stdlib_queue.Queue(maxsize=1)
@@ -157,26 +157,15 @@ class Worker:
     # -- model loop ----------------------------------------------------------------------------
 
     def _caption(self, batch: _Batch) -> None:
-        ready: list[tuple[ClaimedImage, Tensor]] = []
-        for claim, future in zip(batch.claims, batch.prepared, strict=True):
-            try:
-                ready.append((claim, future.result()))
-            except BlipqError as exc:
-                self._finish(claim, error=exc)
-            except Exception as exc:  # a decoder bug costs one image, not the worker
-                log.exception("unexpected error preparing image %d of job %s", claim.index, claim.job_id)
-                self._finish(claim, error=InvalidImage(f"could not decode: {type(exc).__name__}: {exc}"))
-        if ready:
-            self._generate(ready, ready[0][0].options)
-
-    def _generate(self, items: list[tuple[ClaimedImage, Tensor]], options: CaptionOptions) -> None:
-        self.model_calls += 1
-        outcomes = self.engine.generate_each([tensor for _, tensor in items], options)
-        for (claim, _), outcome in zip(items, outcomes, strict=True):
+        names = [f"image {claim.index} of job {claim.job_id}" for claim in batch.claims]
+        options = batch.claims[0].options
+        for claim, outcome in zip(
+            batch.claims, caption_prepared(self.engine, batch.prepared, options, names), strict=True
+        ):
             if isinstance(outcome, BlipqError):
                 self._finish(claim, error=outcome)
             else:
-                self._finish(claim, caption=self.engine.decode(outcome, options))
+                self._finish(claim, caption=outcome)
 
     def _finish(self, claim: ClaimedImage, *, caption: str | None = None, error: BlipqError | None = None) -> None:
         if error is not None:

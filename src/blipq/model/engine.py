@@ -46,6 +46,7 @@ class CaptionEngine:
         self._max_positions: int = text_config.max_position_embeddings
         self._prompt_cache: dict[str, list[int]] = {}
         self._prompt_lock = threading.Lock()
+        self.generate_calls = 0  # model calls, split retries included
 
     @classmethod
     def load(cls, checkpoint: Path, *, device: str = "auto", dtype: str = "auto") -> CaptionEngine:
@@ -92,6 +93,7 @@ class CaptionEngine:
         the image's cross-attention keys/values run once per image before beam search starts.
         """
         self.check_options(options)
+        self.generate_calls += 1
         pixel_values = torch.stack(list(prepared))
         if self.device.type == "cuda":
             pixel_values = pixel_values.pin_memory()  # so the copy below overlaps instead of blocking
