@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -113,3 +116,26 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def submit_job(server: Server, images: list[bytes]) -> str:
+    """POST /v1/jobs with base64 images; returns the job id."""
+    body = {"images": [{"b64": base64.b64encode(image).decode()} for image in images]}
+    response = httpx.post(f"{server.url}/v1/jobs", json=body, timeout=30)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+def get_job(server: Server, job_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{server.url}/v1/jobs/{job_id}", timeout=30)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body

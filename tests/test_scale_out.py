@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,29 +16,7 @@ from blipq.jobs import CaptionOptions
 from blipq.model.engine import CaptionEngine
 from tests.helpers import pictures
 from tests.redis_server import RedisServer
-from tests.server import Server, WorkerProcess
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
-def submit(api: Server, images: list[bytes]) -> str:
-    body = {"images": [{"b64": base64.b64encode(image).decode()} for image in images]}
-    response = httpx.post(f"{api.url}/v1/jobs", json=body, timeout=30)
-    assert response.status_code == 202, response.text
-    job_id: str = response.json()["id"]
-    return job_id
-
-
-def job(api: Server, job_id: str) -> dict[str, object]:
-    response = httpx.get(f"{api.url}/v1/jobs/{job_id}", timeout=30)
-    assert response.status_code == 200, response.text
-    body: dict[str, object] = response.json()
-    return body
+from tests.server import Server, WorkerProcess, get_job, submit_job, wait_until
 
 
 def captions(engine: CaptionEngine, images: list[bytes]) -> list[str]:
@@ -81,7 +59,7 @@ def test_two_apis_two_workers(
     cluster = Cluster(tiny_checkpoint, tmp_path, redis_aof, apis=2, workers=2).start()
     try:
         images = pictures(50)
-        ids = [submit(cluster.apis[i % 2], [image]) for i, image in enumerate(images)]
+        ids = [submit_job(cluster.apis[i % 2], [image]) for i, image in enumerate(images)]
         blocking = httpx.post(
             f"{cluster.apis[0].url}/captionImageBlocking",
             json={"imgb64s": [base64.b64encode(images[7]).decode()]},
@@ -89,10 +67,10 @@ def test_two_apis_two_workers(
         )
         assert blocking.status_code == 200
         assert blocking.json()["result"] == captions(engine, [images[7]])
-        wait_until(lambda: all(job(cluster.apis[1], job_id)["status"] == "succeeded" for job_id in ids))
+        wait_until(lambda: all(get_job(cluster.apis[1], job_id)["status"] == "succeeded" for job_id in ids))
         expected = captions(engine, images)
         for index, job_id in enumerate(ids):
-            seen_by_other_api = job(cluster.apis[(index + 1) % 2], job_id)
+            seen_by_other_api = get_job(cluster.apis[(index + 1) % 2], job_id)
             assert seen_by_other_api["images"] == [{"status": "done", "caption": expected[index], "error": None}]
         assert all(worker.alive() for worker in cluster.workers)
     finally:
@@ -106,12 +84,12 @@ def test_kill_9_one_worker_the_other_finishes(
     api = cluster.apis[0]
     try:
         batches = [pictures(40)[i : i + 10] for i in range(0, 40, 10)]
-        ids = [submit(api, images) for images in batches]
-        wait_until(lambda: sum(img["status"] == "done" for j in ids for img in job(api, j)["images"]) >= 4)  # type: ignore[attr-defined]
+        ids = [submit_job(api, images) for images in batches]
+        wait_until(lambda: sum(img["status"] == "done" for j in ids for img in get_job(api, j)["images"]) >= 4)
         cluster.workers[0].kill()
-        wait_until(lambda: all(job(api, job_id)["status"] == "succeeded" for job_id in ids))
+        wait_until(lambda: all(get_job(api, job_id)["status"] == "succeeded" for job_id in ids))
         for job_id, images in zip(ids, batches, strict=True):
-            assert [img["caption"] for img in job(api, job_id)["images"]] == captions(engine, images)  # type: ignore[attr-defined]
+            assert [img["caption"] for img in get_job(api, job_id)["images"]] == captions(engine, images)
     finally:
         cluster.stop()
 
@@ -123,7 +101,7 @@ def test_redis_restart_loses_nothing_and_the_api_answers_503_meanwhile(
     api = cluster.apis[0]
     try:
         batches = [pictures(30)[i : i + 10] for i in range(0, 30, 10)]
-        ids = [submit(api, images) for images in batches]
+        ids = [submit_job(api, images) for images in batches]
         # A blocking request in flight when Redis goes away gets an answer, not a hang or a 500.
         blocked: dict[str, int] = {}
         waiter = threading.Thread(
@@ -154,9 +132,9 @@ def test_redis_restart_loses_nothing_and_the_api_answers_503_meanwhile(
         redis_aof.start()
         waiter.join(120)
         assert blocked["status"] in (200, 503)
-        wait_until(lambda: all(job(api, job_id)["status"] == "succeeded" for job_id in ids))
+        wait_until(lambda: all(get_job(api, job_id)["status"] == "succeeded" for job_id in ids))
         for job_id, images in zip(ids, batches, strict=True):
-            assert [img["caption"] for img in job(api, job_id)["images"]] == captions(engine, images)  # type: ignore[attr-defined]
+            assert [img["caption"] for img in get_job(api, job_id)["images"]] == captions(engine, images)
         assert httpx.get(f"{api.url}/readyz").status_code == 200
     finally:
         cluster.stop()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
-import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -14,30 +13,15 @@ from blipq.images import decode_image
 from blipq.jobs import CaptionOptions
 from blipq.model.engine import CaptionEngine
 from tests.helpers import pictures
-from tests.server import Server
+from tests.server import Server, get_job, submit_job, wait_until
 
 
-def submit(server: Server, images: list[bytes]) -> str:
-    body = {"images": [{"b64": base64.b64encode(image).decode()} for image in images]}
-    response = httpx.post(f"{server.url}/v1/jobs", json=body, timeout=30)
-    assert response.status_code == 202, response.text
-    job_id: str = response.json()["id"]
-    return job_id
-
-
-def jobs(server: Server, ids: list[str]) -> list[dict[str, object]]:
-    return [httpx.get(f"{server.url}/v1/jobs/{job_id}", timeout=30).json() for job_id in ids]
-
-
-def wait_until(condition: object, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+def jobs(server: Server, ids: list[str]) -> list[dict[str, Any]]:
+    return [get_job(server, job_id) for job_id in ids]
 
 
 def images_in(state: str, server: Server, ids: list[str]) -> int:
-    return sum(image["status"] == state for job in jobs(server, ids) for image in job["images"])  # type: ignore[attr-defined]
+    return sum(image["status"] == state for job in jobs(server, ids) for image in job["images"])
 
 
 def assert_all_captioned_once(
@@ -46,15 +30,15 @@ def assert_all_captioned_once(
     for job, images in zip(jobs(server, ids), batches, strict=True):
         assert job["status"] == "succeeded", job
         expected = engine.caption([decode_image(image) for image in images], CaptionOptions())
-        assert [image["caption"] for image in job["images"]] == expected  # type: ignore[index]
-        assert all(image["status"] == "done" for image in job["images"])  # type: ignore[index]
+        assert [image["caption"] for image in job["images"]] == expected
+        assert all(image["status"] == "done" for image in job["images"])
 
 
 def test_kill_9_the_worker_mid_batch(tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine) -> None:
     server = Server(tiny_checkpoint, tmp_path, "--max-batch", "4", lease_s=2.0).start()
     try:
         batches = [pictures(40)[i : i + 10] for i in range(0, 40, 10)]
-        ids = [submit(server, images) for images in batches]
+        ids = [submit_job(server, images) for images in batches]
         wait_until(lambda: images_in("done", server, ids) >= 2)
         (victim,) = server.worker_pids()
         held = images_in("running", server, ids)  # the worker holds a batch right now
@@ -71,7 +55,7 @@ def test_kill_9_the_worker_mid_batch(tiny_checkpoint: Path, tmp_path: Path, engi
 def test_kill_9_everything_then_restart(tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine) -> None:
     first = Server(tiny_checkpoint, tmp_path, "--max-batch", "4", lease_s=2.0).start()
     batches = [pictures(30)[i : i + 10] for i in range(0, 30, 10)]
-    ids = [submit(first, images) for images in batches]
+    ids = [submit_job(first, images) for images in batches]
     wait_until(lambda: images_in("done", first, ids) >= 1)
     first.kill_everything()
 
@@ -88,7 +72,7 @@ def test_api_only_server_keeps_jobs_for_a_later_worker(
 ) -> None:
     api_only = Server(tiny_checkpoint, tmp_path, workers=0).start(ready=False)
     images = pictures(3)
-    job_id = submit(api_only, images)
+    job_id = submit_job(api_only, images)
     assert httpx.get(f"{api_only.url}/readyz").status_code == 503
     api_only.kill_everything()
     with_worker = Server(tiny_checkpoint, tmp_path).start()
