@@ -327,6 +327,8 @@ def report(args: argparse.Namespace, runs: dict[str, list[Result]], engine_batch
             f" | {exact} |"
         )
     stem = f"throughput-{args.size}-{args.device.replace(':', '')}-{args.dtype}"
+    if args.beams != 3:  # beam 3 is the default and keeps the plain name
+        stem += "-greedy" if args.beams == 1 else f"-beam{args.beams}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.md").write_text("\n".join(lines) + f"\n\n![throughput vs batch size]({stem}.png)\n")
     print("\n".join(lines))

@@ -31,8 +31,10 @@ class Server:
         workers: int = 1,
         lease_s: float = 3.0,
         queue: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
+        self.env = {**os.environ, **(env or {})}
         self.url = f"http://127.0.0.1:{self.port}"
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = data_dir / f"serve-{self.port}.log"
@@ -46,7 +48,7 @@ class Server:
     def start(self, *, ready: bool = True, timeout_s: float = 120) -> Server:
         log = self.log_path.open("ab")
         # Its own session, so the whole tree (server + workers) can be killed at once.
-        self.process = subprocess.Popen(self.command, stdout=log, stderr=log, start_new_session=True)
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=log, env=self.env, start_new_session=True)
         path = "/readyz" if ready else "/healthz"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -96,7 +98,7 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.command, stdout=log, stderr=log, start_new_session=True)
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=log, env=self.env, start_new_session=True)
         return self
 
     def alive(self) -> bool:

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from blipq.errors import UnreadableInput
+from blipq.fetch import FetchPolicy
 from blipq.sources import expand_inputs, read_source
 
 
@@ -23,6 +24,6 @@ def test_files_urls_and_missing_paths_are_kept_in_order(tmp_path: Path) -> None:
 
 def test_reading_a_missing_file_or_a_folder_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(UnreadableInput, match="no such file"):
-        read_source(str(tmp_path / "nope.jpg"), fetch_timeout_s=1, max_fetch_bytes=10)
+        read_source(str(tmp_path / "nope.jpg"), fetch=FetchPolicy(timeout_s=1, max_bytes=10))
     with pytest.raises(UnreadableInput, match="is a directory"):
-        read_source(str(tmp_path), fetch_timeout_s=1, max_fetch_bytes=10)
+        read_source(str(tmp_path), fetch=FetchPolicy(timeout_s=1, max_bytes=10))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from blipq.fetch import FetchPolicy
 from blipq.images import decode_image
 from blipq.jobs import CaptionOptions, ImageInput, JobStatus
 from blipq.model.engine import CaptionEngine
@@ -64,7 +65,8 @@ def test_a_bad_image_fails_alone(queue: JobQueue, engine: CaptionEngine, http_se
         ImageInput(url=f"{base}/missing.jpg"),
     ]
     job_id = queue.enqueue(inputs, CaptionOptions(num_beams=1))
-    with RunningWorker(Worker(queue, engine, WorkerConfig(), model_name="tiny")):
+    config = WorkerConfig(fetch=FetchPolicy(allow_networks=("127.0.0.0/8",)))
+    with RunningWorker(Worker(queue, engine, config, model_name="tiny")):
         job = queue.wait(job_id, timeout_s=60)
     assert job.status is JobStatus.SUCCEEDED
     assert [image.state for image in job.images] == ["done", "failed", "done", "failed"]

@@ -132,6 +132,7 @@ def _caption_to_output(
 ) -> int:
     from functools import partial
 
+    from blipq.fetch import FetchPolicy
     from blipq.images import ImagePolicy
     from blipq.model import CaptionEngine, resolve_checkpoint
     from blipq.model.engine import quiet_transformers
@@ -144,7 +145,9 @@ def _caption_to_output(
     with stderr.status(f"loading {checkpoint}"):
         engine = CaptionEngine.load(checkpoint, device=settings.device, dtype=settings.dtype)
     engine.check_options(options)
-    read = partial(read_source, fetch_timeout_s=settings.fetch_timeout_s, max_fetch_bytes=settings.max_fetch_bytes)
+    # The command line fetches the user's own URLs: private and loopback addresses are fine here.
+    fetch = FetchPolicy(timeout_s=settings.fetch_timeout_s, max_bytes=settings.max_fetch_bytes, public_only=False)
+    read = partial(read_source, fetch=fetch)
     failed = 0
     with ExitStack() as stack:
         stream = stack.enter_context(out.open("w", encoding="utf-8", newline="")) if out else sys.stdout
@@ -165,7 +168,7 @@ def _caption_to_output(
             sources,
             options,
             read=read,
-            policy=ImagePolicy(max_pixels=settings.max_image_pixels),
+            policy=ImagePolicy.of(settings, limit_bytes=False),
             batch_size=settings.max_batch,
             decode_threads=decode_threads,
         )
@@ -301,6 +304,7 @@ def worker(
     import signal
     import threading
 
+    from blipq.fetch import FetchPolicy
     from blipq.images import ImagePolicy
     from blipq.model import CaptionEngine, resolve_checkpoint
     from blipq.model.engine import quiet_transformers
@@ -324,9 +328,12 @@ def worker(
         max_batch=settings.max_batch,
         batch_wait_ms=settings.batch_wait_ms,
         lease_s=settings.lease_s,
-        fetch_timeout_s=settings.fetch_timeout_s,
-        max_fetch_bytes=settings.max_fetch_bytes,
-        policy=ImagePolicy(max_pixels=settings.max_image_pixels),
+        fetch=FetchPolicy(
+            timeout_s=settings.fetch_timeout_s,
+            max_bytes=settings.max_fetch_bytes,
+            allow_networks=settings.fetch_allow_networks,
+        ),
+        policy=ImagePolicy.of(settings, limit_bytes=False),
     )
     # The handler only records the signal: setting an Event from a handler can deadlock on the
     # Event's own lock, so the main thread sets it while the worker runs in another thread.

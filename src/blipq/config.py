@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-large"
 
 DType = Literal["auto", "fp32", "fp16", "bf16"]
+ImageFormat = Literal["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
+
+#: Lists come from the environment as comma-separated text (`BLIPQ_IMAGE_FORMATS=JPEG,PNG`), not JSON.
+CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -36,3 +41,71 @@ class Settings(BaseSettings):
     retention_s: float = Field(24 * 3600.0, gt=0, description="Finished jobs are purged after this.")
     max_images_per_job: int = Field(256, ge=1, description="Images one request may carry.")
     max_fetch_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest URL response accepted.")
+    max_body_bytes: int = Field(
+        100 * 1024 * 1024, ge=1, description="Largest request body, counted as it arrives (not from Content-Length)."
+    )
+    max_image_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="Largest single image (decoded base64, upload or raw body)."
+    )
+    image_formats: Annotated[tuple[ImageFormat, ...], NoDecode] = Field(
+        ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"),
+        description="Image formats accepted, comma-separated; others are refused by their magic bytes.",
+    )
+    fetch_allow_networks: CommaList = Field(
+        (),
+        description="CIDR networks URL inputs may reach although not public (e.g. 10.0.0.0/8); "
+        "by default only globally routable addresses are fetched.",
+    )
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (), description="Comma-separated API keys; when set (or api_keys_file), every job route needs one."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File of API keys, one per line, plain or as sha256:<hex>; # starts a comment."
+    )
+    max_queue_depth: int = Field(
+        100_000, ge=0, description="New jobs get 429 while this many images are queued or running; 0 = no limit."
+    )
+    rate_limit: str | None = Field(
+        None, description='Requests per API key (or client address) per API process, e.g. "600/minute".'
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long the API waits for in-flight requests before closing them."
+    )
+
+    @field_validator("fetch_allow_networks", "api_keys", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("image_formats", mode="before")
+    @classmethod
+    def _format_names(cls, value: object) -> object:
+        parts = _split(value)
+        return tuple(str(part).upper() for part in parts) if isinstance(parts, tuple | list) else parts
+
+    @field_validator("fetch_allow_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            return tuple(str(ipaddress.ip_network(part, strict=False)) for part in value)
+        except ValueError as exc:
+            raise ValueError(f"not a CIDR network: {exc}") from None
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from limits import parse  # a small import, only when a limit is configured
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f'{value!r} is not a rate like "600/minute" or "10/second"') from None
+        return value
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value

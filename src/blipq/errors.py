@@ -7,9 +7,10 @@ class BlipqError(Exception):
     code = "internal_error"
     http_status = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}  # HTTP response headers that go with it (Retry-After, WWW-Authenticate)
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
@@ -72,6 +73,43 @@ class Timeout(BlipqError):
 
     code = "timeout"
     http_status = 504
+
+
+class Unauthorized(BlipqError):
+    """API keys are on and the request carries none, or an unknown one."""
+
+    code = "unauthorized"
+    http_status = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class QueueFull(BlipqError):
+    """Backpressure: too many images are waiting; retry later."""
+
+    code = "queue_full"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class RateLimited(BlipqError):
+    """This API key (or client) sent more requests than the configured rate allows."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class IdempotencyConflict(BlipqError):
+    """An Idempotency-Key was reused with a different request body."""
+
+    code = "idempotency_conflict"
+    http_status = 422
 
 
 class JobNotFound(BlipqError):

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from blipq.errors import InputTooLarge, InvalidImage
+
+if TYPE_CHECKING:
+    from blipq.config import Settings
 
 #: Pillow format names we decode. Everything else is refused before Pillow parses it.
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -41,6 +45,16 @@ class ImagePolicy:
 
     max_pixels: int = 64_000_000
     formats: tuple[str, ...] = ALLOWED_FORMATS
+    max_bytes: int | None = None
+
+    @classmethod
+    def of(cls, settings: Settings, *, limit_bytes: bool = True) -> ImagePolicy:
+        """`limit_bytes=False` where the bytes were already capped (URL downloads) or are trusted (local files)."""
+        return cls(
+            max_pixels=settings.max_image_pixels,
+            formats=settings.image_formats,
+            max_bytes=settings.max_image_bytes if limit_bytes else None,
+        )
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -81,32 +95,10 @@ def decode_image(data: bytes, policy: ImagePolicy | None = None) -> Image.Image:
     """Decode one image to RGB with EXIF orientation applied.
 
     Raises `InvalidImage` for empty, non-image, disallowed, truncated or corrupt data and
-    `InputTooLarge` when the declared size exceeds `policy.max_pixels` (checked from the header,
-    before any pixel is decoded).
+    `InputTooLarge` when the data or the declared size exceeds the policy (checked from the
+    header, before any pixel is decoded).
     """
-    policy = policy or ImagePolicy()
-    if not data:
-        raise InvalidImage("image is empty (0 bytes)")
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise InvalidImage(f"not a supported image (got {describe_bytes(data)}, {len(data)} bytes)")
-    if fmt not in policy.formats:
-        raise InvalidImage(f"{fmt} images are not accepted (allowed: {', '.join(policy.formats)})")
-    try:
-        image = Image.open(io.BytesIO(data), formats=[fmt])
-    except Image.DecompressionBombError as exc:
-        raise InputTooLarge(f"{fmt} image is too large to decode: {exc}") from None
-    except UnidentifiedImageError:
-        raise InvalidImage(f"corrupt {fmt} data ({len(data)} bytes): the header cannot be parsed") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImage(f"corrupt {fmt} data ({len(data)} bytes): {exc}") from None
-    width, height = image.size
-    if width * height > policy.max_pixels:
-        raise InputTooLarge(
-            f"{fmt} image is {width}x{height} = {width * height} pixels, over the limit of {policy.max_pixels}"
-        )
-    if width == 0 or height == 0:
-        raise InvalidImage(f"{fmt} image has no pixels ({width}x{height})")
+    image, fmt = open_image(data, policy or ImagePolicy())
     try:
         image.seek(0)  # first frame of animations and multi-page TIFFs
         image.load()
@@ -116,6 +108,45 @@ def decode_image(data: bytes, policy: ImagePolicy | None = None) -> Image.Image:
         raise InputTooLarge(f"{fmt} image is too large to decode: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImage(f"truncated or corrupt {fmt} data ({len(data)} bytes): {exc}") from None
+
+
+def check_image(data: bytes, policy: ImagePolicy) -> None:
+    """Everything `decode_image` checks without decoding pixels: cheap enough for the API to run on every
+    upload, so a request with a bad image is refused before it is queued."""
+    image, _ = open_image(data, policy)
+    image.close()
+
+
+def open_image(data: bytes, policy: ImagePolicy) -> tuple[Image.Image, str]:
+    """Parse the header only (Pillow is lazy): format allowlist, byte and pixel limits."""
+    if not data:
+        raise InvalidImage("image is empty (0 bytes)")
+    if policy.max_bytes is not None and len(data) > policy.max_bytes:
+        raise InputTooLarge(f"image is {len(data)} bytes, over the max_image_bytes limit of {policy.max_bytes}")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise InvalidImage(f"not a supported image (got {describe_bytes(data)}, {len(data)} bytes)")
+    if fmt not in policy.formats:
+        raise InvalidImage(f"{fmt} images are not accepted (image_formats: {', '.join(policy.formats)})")
+    try:
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError as exc:
+        raise InputTooLarge(f"{fmt} image is too large to decode: {exc}") from None
+    except UnidentifiedImageError:
+        raise InvalidImage(f"corrupt {fmt} data ({len(data)} bytes): the header cannot be parsed") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImage(f"corrupt {fmt} data ({len(data)} bytes): {exc}") from None
+    width, height = image.size
+    if width * height > policy.max_pixels:
+        image.close()
+        raise InputTooLarge(
+            f"{fmt} image is {width}x{height} = {width * height} pixels, "
+            f"over the max_image_pixels limit of {policy.max_pixels}"
+        )
+    if width == 0 or height == 0:
+        image.close()
+        raise InvalidImage(f"{fmt} image has no pixels ({width}x{height})")
+    return image, fmt
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

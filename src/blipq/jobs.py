@@ -119,6 +119,7 @@ class Job:
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+    owner: str | None = None  # who created it, when API keys are on (a key's id, never the key)
 
     @property
     def captions(self) -> list[str | None]:

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from blipq.errors import UnreadableInput
-from blipq.fetch import fetch_url, is_url
+from blipq.fetch import FetchPolicy, fetch_url, is_url
 
 #: Files picked up when a folder is given; files named explicitly are always tried.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -32,10 +32,10 @@ def expand_inputs(inputs: Iterable[str], *, recursive: bool) -> list[str]:
     return sources
 
 
-def read_source(source: str, *, fetch_timeout_s: float, max_fetch_bytes: int) -> bytes:
+def read_source(source: str, *, fetch: FetchPolicy) -> bytes:
     """The bytes of a file path or an http(s) URL."""
     if is_url(source):
-        return fetch_url(source, timeout_s=fetch_timeout_s, max_bytes=max_fetch_bytes)
+        return fetch_url(source, fetch)
     try:
         return Path(source).read_bytes()
     except FileNotFoundError:

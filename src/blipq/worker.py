@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from blipq.errors import BlipqError
-from blipq.fetch import fetch_url
+from blipq.fetch import FetchPolicy, fetch_url
 from blipq.images import ImagePolicy, decode_image
 from blipq.jobs import ErrorInfo, ImageInput
 from blipq.model.engine import CaptionEngine
@@ -46,8 +46,7 @@ class WorkerConfig:
     lease_s: float = 60.0
     heartbeat_s: float = 2.0
     decode_threads: int = 4
-    fetch_timeout_s: float = 20.0
-    max_fetch_bytes: int = 20 * 1024 * 1024
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
     policy: ImagePolicy = field(default_factory=ImagePolicy)
 
 
@@ -152,7 +151,7 @@ class Worker:
         if image.data is not None:
             return image.data
         assert image.url is not None
-        return fetch_url(image.url, timeout_s=self.config.fetch_timeout_s, max_bytes=self.config.max_fetch_bytes)
+        return fetch_url(image.url, self.config.fetch)
 
     # -- model loop ----------------------------------------------------------------------------
 

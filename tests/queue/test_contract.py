@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from blipq.errors import JobNotFound
+from blipq.errors import IdempotencyConflict, JobNotFound
 from blipq.jobs import CaptionOptions, ErrorInfo, ImageInput, JobStatus
 from blipq.queue import JobQueue, WorkerInfo, open_queue
+from blipq.queue.base import Idempotency
 from tests.queue.conftest import QueueFactory
 
 DEFAULT = CaptionOptions()
@@ -248,3 +249,38 @@ def test_claim_can_ask_for_specific_options(queue: JobQueue) -> None:
     assert [(c.job_id, c.options) for c in claimed] == [(greedy_job, GREEDY)] * 2
     assert queue.claim(8, lease_s=30, options=CaptionOptions(num_beams=5)) == []
     assert queue.claim(8, lease_s=30)[0].options == DEFAULT
+
+
+def test_jobs_remember_their_owner_and_list_by_owner(queue: JobQueue) -> None:
+    mine = queue.enqueue(images(1, "m"), DEFAULT, owner="key-a")
+    theirs = queue.enqueue(images(1, "t"), DEFAULT, owner="key-b")
+    nobody = queue.enqueue(images(1, "n"), DEFAULT)
+    assert queue.get(mine).owner == "key-a"
+    assert queue.get(nobody).owner is None
+    assert [job.id for job in queue.list_jobs(owner="key-a")] == [mine]
+    assert [job.id for job in queue.list_jobs(owner="key-b", statuses=[JobStatus.QUEUED])] == [theirs]
+    assert [job.id for job in queue.list_jobs()] == [mine, theirs, nobody]
+
+
+def test_an_idempotency_key_returns_the_same_job(queue: JobQueue) -> None:
+    first = queue.enqueue(images(2), DEFAULT, owner="key-a", idempotency=Idempotency("order-1", "body-1"))
+    again = queue.enqueue(images(2), DEFAULT, owner="key-a", idempotency=Idempotency("order-1", "body-1"))
+    assert again == first
+    assert queue.depth() == 2  # nothing new was queued
+    with pytest.raises(IdempotencyConflict, match="'order-1' was already used for job"):
+        queue.enqueue(images(3), DEFAULT, owner="key-a", idempotency=Idempotency("order-1", "body-2"))
+    # Keys are per owner: another key (or none) with the same Idempotency-Key gets its own job.
+    other = queue.enqueue(images(2), DEFAULT, owner="key-b", idempotency=Idempotency("order-1", "body-1"))
+    anonymous = queue.enqueue(images(2), DEFAULT, idempotency=Idempotency("order-1", "body-1"))
+    assert len({first, other, anonymous}) == 3
+    assert queue.enqueue(images(2), DEFAULT, idempotency=Idempotency("order-1", "body-1")) == anonymous
+
+
+def test_an_idempotency_key_is_forgotten_with_its_purged_job(queue: JobQueue) -> None:
+    first = queue.enqueue(images(1), DEFAULT, idempotency=Idempotency("k", "body"))
+    (claim,) = queue.claim(1, lease_s=30)
+    queue.complete(claim, "a caption")
+    time.sleep(0.05)
+    assert queue.purge(older_than_s=0.01) == 1
+    second = queue.enqueue(images(1), DEFAULT, idempotency=Idempotency("k", "other body"))
+    assert second != first

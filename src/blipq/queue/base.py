@@ -16,12 +16,18 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from blipq.errors import JobNotFound
+from blipq.errors import IdempotencyConflict, JobNotFound
 from blipq.jobs import CaptionOptions, ErrorInfo, ImageInput, Job, JobStatus
 
 
 def job_not_found(job_id: str) -> JobNotFound:
     return JobNotFound(f"no job with id {job_id!r} (it may have been purged after the retention period)")
+
+
+def idempotency_conflict(key: str, job_id: str) -> IdempotencyConflict:
+    return IdempotencyConflict(
+        f"Idempotency-Key {key!r} was already used for job {job_id} with a different request body"
+    )
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,14 @@ class ClaimedImage:
 
 
 @dataclass(frozen=True)
+class Idempotency:
+    """An Idempotency-Key (scoped to the job's owner) and a fingerprint of the request it came with."""
+
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     worker_id: str
     model: str
@@ -43,8 +57,20 @@ class WorkerInfo:
 
 
 class JobQueue(Protocol):
-    def enqueue(self, images: Sequence[ImageInput], options: CaptionOptions) -> str:
-        """Store a job durably and return its id (32 hex characters)."""
+    def enqueue(
+        self,
+        images: Sequence[ImageInput],
+        options: CaptionOptions,
+        *,
+        owner: str | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> str:
+        """Store a job durably and return its id (32 hex characters).
+
+        With `idempotency`, a key this owner already used returns that job's id when the fingerprint
+        matches (nothing new is stored) and raises IdempotencyConflict when it does not. The key is
+        forgotten when its job is purged.
+        """
         ...
 
     def claim(self, max_images: int, lease_s: float, options: CaptionOptions | None = None) -> list[ClaimedImage]:
@@ -69,9 +95,15 @@ class JobQueue(Protocol):
         ...
 
     def list_jobs(
-        self, *, statuses: Collection[JobStatus] | None = None, limit: int = 100, after: str | None = None
+        self,
+        *,
+        statuses: Collection[JobStatus] | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        owner: str | None = None,
     ) -> list[Job]:
-        """Jobs oldest first, optionally only those in `statuses`, starting after the job id `after`."""
+        """Jobs oldest first, optionally only those in `statuses` or created by `owner`, starting after the
+        job id `after`."""
         ...
 
     def cancel(self, job_id: str) -> Job:

@@ -26,7 +26,7 @@ from redis.commands.core import Script
 from blipq.errors import JobNotFound, QueueUnavailable
 from blipq.jobs import CaptionOptions, ErrorInfo, ImageInput, ImageOutcome, Job, JobStatus
 from blipq.queue import redis_scripts
-from blipq.queue.base import ClaimedImage, WorkerInfo, job_not_found
+from blipq.queue.base import ClaimedImage, Idempotency, WorkerInfo, idempotency_conflict, job_not_found
 from blipq.queue.notify import Bell
 
 log = logging.getLogger(__name__)
@@ -64,14 +64,27 @@ class RedisQueue:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def enqueue(self, images: Sequence[ImageInput], options: CaptionOptions) -> str:
+    def enqueue(
+        self,
+        images: Sequence[ImageInput],
+        options: CaptionOptions,
+        *,
+        owner: str | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> str:
         job_id = uuid.uuid4().hex
         options_json = options.canonical_json()
         payload: list[Any] = []
         for image in images:
             payload += ["url", image.url] if image.url is not None else ["data", image.data]
-        self._run("ENQUEUE", job_id, options_json, _options_key(options_json), len(images), *payload)
-        return job_id
+        idem = (idempotency.key, idempotency.fingerprint) if idempotency else ("", "")
+        outcome, existing = self._run(
+            "ENQUEUE", job_id, options_json, _options_key(options_json), len(images), owner or "", *idem, *payload
+        )
+        if outcome == b"conflict":
+            assert idempotency is not None
+            raise idempotency_conflict(idempotency.key, existing.decode())
+        return str(existing.decode())
 
     def claim(self, max_images: int, lease_s: float, options: CaptionOptions | None = None) -> list[ClaimedImage]:
         now = time.time()
@@ -121,9 +134,15 @@ class RedisQueue:
         with self._errors():
             ids = [raw.decode() for raw in self._redis.zrangebyscore(self._key("finished"), "-inf", cutoff)]
             if ids:
+                with self._redis.pipeline(transaction=False) as pipe:
+                    for job_id in ids:
+                        pipe.hget(self._key("job", job_id), "idem")
+                    idem_keys = [key for key in pipe.execute() if key]
                 with self._redis.pipeline(transaction=True) as pipe:
                     for job_id in ids:
                         pipe.delete(self._key("job", job_id), self._key("img", job_id), self._key("data", job_id))
+                    if idem_keys:
+                        pipe.delete(*idem_keys)
                     pipe.zrem(self._key("jobs"), *ids)
                     pipe.zrem(self._key("finished"), *ids)
                     pipe.execute()
@@ -143,7 +162,12 @@ class RedisQueue:
         return jobs[0]
 
     def list_jobs(
-        self, *, statuses: Collection[JobStatus] | None = None, limit: int = 100, after: str | None = None
+        self,
+        *,
+        statuses: Collection[JobStatus] | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        owner: str | None = None,
     ) -> list[Job]:
         wanted = {status.value for status in statuses} if statuses is not None else None
         with self._errors():
@@ -162,15 +186,19 @@ class RedisQueue:
                 if not page:
                     break
                 offset += len(page)
-                if wanted is None:
+                if wanted is None and owner is None:
                     picked += page
                     continue
                 with self._redis.pipeline(transaction=False) as pipe:
                     for job_id in page:
-                        pipe.hget(self._key("job", job_id), "status")
-                    states = pipe.execute()
+                        pipe.hmget(self._key("job", job_id), "status", "owner")
+                    fields = pipe.execute()
                 picked += [
-                    job_id for job_id, state in zip(page, states, strict=True) if state and state.decode() in wanted
+                    job_id
+                    for job_id, (state, job_owner) in zip(page, fields, strict=True)
+                    if state
+                    and (wanted is None or state.decode() in wanted)
+                    and (owner is None or (job_owner or b"").decode() == owner)
                 ]
         return self._load(picked[:limit])
 
@@ -312,4 +340,5 @@ def _job(job_id: str, fields: dict[str, str], images: dict[str, str]) -> Job:
         created_at=float(fields["created_at"]),
         started_at=stamp("started_at"),
         finished_at=stamp("finished_at"),
+        owner=fields.get("owner") or None,
     )

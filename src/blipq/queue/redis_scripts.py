@@ -5,6 +5,8 @@ Keys (prefix `p`):
   p:seq              counter ordering jobs
   p:jobs             zset job id -> seq (listing)
   p:job:<id>         hash: status options okey n_images n_finished created_at started_at finished_at seq
+                           owner idem (the key of its idempotency record, or '')
+  p:idem:<owner>:<k> hash: job fingerprint (an Idempotency-Key; expires with its job)
   p:img:<id>         hash: "<i>:state" "<i>:caption" "<i>:code" "<i>:message" "<i>:attempts" "<i>:token"
                            "<i>:entry" (stream entry id) "<i>:url"
   p:data:<id>        hash: "<i>" -> image bytes, deleted once the image has an outcome
@@ -31,6 +33,8 @@ local function close_job(job, status)
   local ttl = tonumber(ARGV[3])
   if ttl > 0 then
     for _, key in ipairs({job_key(job), img_key(job), p .. ':data:' .. job}) do redis.call('EXPIRE', key, ttl) end
+    local idem_key = redis.call('HGET', job_key(job), 'idem')
+    if idem_key and idem_key ~= '' then redis.call('EXPIRE', idem_key, ttl) end
   end
   redis.call('PUBLISH', p .. ':finished', job)
 end
@@ -69,21 +73,32 @@ local function finish_image(job, idx, state, caption, code, message)
 end
 """
 
-# ARGV: prefix now ttl job options okey n [kind payload]*n  (kind: data | url)
+# ARGV: prefix now ttl job options okey n owner idem_key fingerprint [kind payload]*n  (kind: data | url)
+# owner and idem_key are '' when absent. Returns {'new', job} or {'same', job} or {'conflict', job}.
 ENQUEUE = (
     _COMMON
     + """
 local job, options, okey, n = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+local owner, idem, fingerprint = ARGV[8], ARGV[9], ARGV[10]
+local idem_key = ''
+if idem ~= '' then
+  idem_key = p .. ':idem:' .. owner .. ':' .. idem
+  local previous = redis.call('HMGET', idem_key, 'job', 'fingerprint')
+  if previous[1] then
+    return {previous[2] == fingerprint and 'same' or 'conflict', previous[1]}
+  end
+  redis.call('HSET', idem_key, 'job', job, 'fingerprint', fingerprint)
+end
 local seq = redis.call('INCR', p .. ':seq')
 redis.call('HSET', job_key(job), 'status', 'queued', 'options', options, 'okey', okey, 'n_images', n,
-           'n_finished', 0, 'created_at', ARGV[2], 'seq', seq)
+           'n_finished', 0, 'created_at', ARGV[2], 'seq', seq, 'owner', owner, 'idem', idem_key)
 redis.call('ZADD', p .. ':jobs', seq, job)
 local stream = p .. ':stream:' .. okey
 redis.call('ZADD', p .. ':streams', 'NX', seq, okey)
 redis.pcall('XGROUP', 'CREATE', stream, 'workers', '0', 'MKSTREAM')
 local img = img_key(job)
 for i = 0, n - 1 do
-  local kind, payload = ARGV[8 + 2 * i], ARGV[9 + 2 * i]
+  local kind, payload = ARGV[11 + 2 * i], ARGV[12 + 2 * i]
   if kind == 'url' then
     redis.call('HSET', img, i .. ':url', payload)
   else
@@ -93,7 +108,7 @@ for i = 0, n - 1 do
   redis.call('HSET', img, i .. ':state', 'queued', i .. ':attempts', 0, i .. ':entry', entry)
 end
 redis.call('PUBLISH', p .. ':work', job)
-return seq
+return {'new', job}
 """
 )
 

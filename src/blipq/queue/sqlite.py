@@ -12,7 +12,7 @@ from pathlib import Path
 
 from blipq.errors import JobNotFound, QueueUnavailable
 from blipq.jobs import CaptionOptions, ErrorInfo, ImageInput, ImageOutcome, Job, JobStatus
-from blipq.queue.base import ClaimedImage, WorkerInfo, job_not_found
+from blipq.queue.base import ClaimedImage, Idempotency, WorkerInfo, idempotency_conflict, job_not_found
 from blipq.queue.notify import Doorbell
 
 SCHEMA = """
@@ -25,7 +25,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     n_finished INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    owner TEXT,
+    idem_key TEXT,
+    idem_fingerprint TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
 CREATE TABLE IF NOT EXISTS images (
@@ -53,6 +56,13 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 """
 
+#: Columns added after the first release; a database created before them gets them on open.
+_ADDED_JOB_COLUMNS = ("owner", "idem_key", "idem_fingerprint")
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(ifnull(owner, ''), idem_key) WHERE idem_key IS NOT NULL;
+"""
+
 _CLAIMABLE = "(state = 'queued' OR (state = 'running' AND lease_until < :now))"
 
 
@@ -70,6 +80,11 @@ class SqliteQueue:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.executescript(SCHEMA)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for column in _ADDED_JOB_COLUMNS:
+                if column not in present:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+            self._db.executescript(_INDEXES)
         except (sqlite3.Error, OSError) as exc:
             raise QueueUnavailable(f"cannot open the SQLite queue at {path}: {exc}") from None
         self._lock = threading.Lock()
@@ -78,13 +93,38 @@ class SqliteQueue:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def enqueue(self, images: Sequence[ImageInput], options: CaptionOptions) -> str:
+    def enqueue(
+        self,
+        images: Sequence[ImageInput],
+        options: CaptionOptions,
+        *,
+        owner: str | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> str:
         job_id = uuid.uuid4().hex
         options_json = options.canonical_json()
         with self._transaction() as db:
+            if idempotency is not None:
+                row = db.execute(
+                    "SELECT id, idem_fingerprint FROM jobs WHERE ifnull(owner, '') = ? AND idem_key = ?",
+                    (owner or "", idempotency.key),
+                ).fetchone()
+                if row is not None:
+                    if row[1] != idempotency.fingerprint:
+                        raise idempotency_conflict(idempotency.key, row[0])
+                    return str(row[0])
             cursor = db.execute(
-                "INSERT INTO jobs (id, status, options, n_images, created_at) VALUES (?, 'queued', ?, ?, ?)",
-                (job_id, options_json, len(images), time.time()),
+                "INSERT INTO jobs (id, status, options, n_images, created_at, owner, idem_key, idem_fingerprint) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    options_json,
+                    len(images),
+                    time.time(),
+                    owner,
+                    idempotency.key if idempotency else None,
+                    idempotency.fingerprint if idempotency else None,
+                ),
             )
             seq = cursor.lastrowid
             db.executemany(
@@ -198,9 +238,15 @@ class SqliteQueue:
         return jobs[0]
 
     def list_jobs(
-        self, *, statuses: Collection[JobStatus] | None = None, limit: int = 100, after: str | None = None
+        self,
+        *,
+        statuses: Collection[JobStatus] | None = None,
+        limit: int = 100,
+        after: str | None = None,
+        owner: str | None = None,
     ) -> list[Job]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[object] = []
         with self._reading() as db:
             if after is not None:
                 row = db.execute("SELECT seq FROM jobs WHERE id = ?", (after,)).fetchone()
@@ -208,6 +254,9 @@ class SqliteQueue:
                     raise JobNotFound(f"cursor {after!r} is not a known job id")
                 clauses.append("seq > ?")
                 params.append(row[0])
+            if owner is not None:
+                clauses.append("owner = ?")
+                params.append(owner)
             if statuses is not None:
                 clauses.append(f"status IN ({','.join('?' * len(statuses))})")
                 params.extend(status.value for status in statuses)
@@ -327,7 +376,7 @@ class SqliteQueue:
 
     def _load_jobs(self, db: sqlite3.Connection, tail: str, params: Sequence[object]) -> list[Job]:
         rows = db.execute(
-            f"SELECT id, status, options, created_at, started_at, finished_at FROM jobs {tail}", params
+            f"SELECT id, status, options, created_at, started_at, finished_at, owner FROM jobs {tail}", params
         ).fetchall()
         if not rows:
             return []
@@ -349,6 +398,7 @@ class SqliteQueue:
                 created_at=created_at,
                 started_at=started_at,
                 finished_at=finished_at,
+                owner=owner,
             )
-            for job_id, status, options, created_at, started_at, finished_at in rows
+            for job_id, status, options, created_at, started_at, finished_at, owner in rows
         ]
