@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import io
+import struct
+import threading
+import zlib
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from blipq.worker import Worker
 
 
 def encode(image: Image.Image, fmt: str, **save_args: object) -> bytes:
@@ -52,3 +57,31 @@ def pictures(n: int) -> list[bytes]:
     return [
         encode(drawing(80 + 7 * i, 60 + 3 * i, colours[i % 10], colours[(i * 3 + 1) % 10]), "PNG") for i in range(n)
     ]
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A small valid PNG whose header is rewritten to claim a huge size (a decompression bomb)."""
+    data = bytearray(encode(Image.new("L", (8, 8)), "PNG"))
+    ihdr_start = 8 + 8  # signature, then length + b"IHDR"
+    data[ihdr_start : ihdr_start + 8] = struct.pack(">II", width, height)
+    body = bytes(data[ihdr_start - 4 : ihdr_start + 13])
+    data[ihdr_start + 13 : ihdr_start + 17] = struct.pack(">I", zlib.crc32(body))
+    return bytes(data)
+
+
+class RunningWorker:
+    """A real Worker on its own thread for the duration of a `with` block; it drains before the block ends."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=worker.run, args=(self.stop,))
+
+    def __enter__(self) -> Worker:
+        self.thread.start()
+        return self.worker
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive()

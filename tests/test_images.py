@@ -1,15 +1,12 @@
 from __future__ import annotations
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from blipq.errors import InputTooLarge, InvalidImage
 from blipq.images import ImagePolicy, decode_image, sniff_format
-from tests.helpers import drawing, encode, grey16, noise
+from tests.helpers import drawing, encode, grey16, noise, png_declaring
 
 
 @pytest.mark.parametrize(
@@ -79,19 +76,9 @@ def test_one_pixel_image_is_fine() -> None:
     assert decode_image(encode(Image.new("RGB", (1, 1), "green"), "PNG")).size == (1, 1)
 
 
-def _png_declaring(width: int, height: int) -> bytes:
-    """A small valid PNG whose header is rewritten to claim a huge size (a decompression bomb)."""
-    data = bytearray(encode(Image.new("L", (8, 8)), "PNG"))
-    ihdr_start = 8 + 8  # signature, then length + b"IHDR"
-    data[ihdr_start : ihdr_start + 8] = struct.pack(">II", width, height)
-    body = bytes(data[ihdr_start - 4 : ihdr_start + 13])
-    data[ihdr_start + 13 : ihdr_start + 17] = struct.pack(">I", zlib.crc32(body))
-    return bytes(data)
-
-
 def test_decompression_bomb_is_a_clear_error_not_a_warning(recwarn: pytest.WarningsRecorder) -> None:
     with pytest.raises(InputTooLarge, match="too large"):
-        decode_image(_png_declaring(50_000, 50_000))
+        decode_image(png_declaring(50_000, 50_000))
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
@@ -100,7 +87,7 @@ def test_pixel_limit_is_checked_from_the_header() -> None:
         InputTooLarge,
         match=r"9000x8000 = 72000000 pixels, over the max_image_pixels limit of 64000000",
     ):
-        decode_image(_png_declaring(9000, 8000))
+        decode_image(png_declaring(9000, 8000))
     small_limit = ImagePolicy(max_pixels=100)
     with pytest.raises(InputTooLarge, match="over the max_image_pixels limit of 100"):
         decode_image(encode(noise(20, 20, seed=0), "PNG"), small_limit)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +107,38 @@ def test_workers_never_outlive_serve(tiny_checkpoint: Path, tmp_path: Path) -> N
     os.kill(brutal.process.pid, signal.SIGKILL)  # only serve itself
     brutal.process.wait()
     wait_until(lambda: _gone(worker), timeout_s=30)
+
+
+def test_sigterm_lets_in_flight_requests_finish(tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine) -> None:
+    """SIGTERM: the server stops accepting, the blocking request already in flight still gets its captions
+    (its worker keeps running until the request is answered), then everything exits."""
+    server = Server(tiny_checkpoint, tmp_path, "--max-batch", "1").start()
+    images = pictures(24)  # a few seconds of work on the tiny model, one image per batch
+    body = {"imgb64s": [base64.b64encode(image).decode() for image in images]}
+    answer: list[httpx.Response] = []
+    request = threading.Thread(
+        target=lambda: answer.append(httpx.post(f"{server.url}/captionImageBlocking", json=body, timeout=120))
+    )
+    request.start()
+    wait_until(lambda: any(job["status"] == "running" for job in _list_jobs(server)), timeout_s=30)
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: _refuses_connections(server), timeout_s=10)
+    assert not answer  # no longer accepting, and the request is still in flight
+    request.join(120)
+    assert answer[0].status_code == 200
+    assert answer[0].json()["result"] == engine.caption([decode_image(image) for image in images], CaptionOptions())
+    assert server.process.wait(60) in (0, -signal.SIGTERM)
+
+
+def _list_jobs(server: Server) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = httpx.get(f"{server.url}/v1/jobs", timeout=10).json()["jobs"]
+    return jobs
+
+
+def _refuses_connections(server: Server) -> bool:
+    try:
+        httpx.get(f"{server.url}/healthz", timeout=1)
+    except httpx.ConnectError:
+        return True
+    return False

@@ -15,7 +15,7 @@ from blipq.jobs import CaptionOptions, ImageInput, JobStatus
 from blipq.model.engine import CaptionEngine
 from blipq.queue import JobQueue, open_queue
 from blipq.worker import Worker, WorkerConfig
-from tests.helpers import encode, noise, pictures
+from tests.helpers import RunningWorker, encode, noise, pictures
 
 
 @pytest.fixture
@@ -23,22 +23,6 @@ def queue(tmp_path: Path) -> Iterator[JobQueue]:
     queue = open_queue(f"sqlite:///{tmp_path}/queue.db")
     yield queue
     queue.close()
-
-
-class RunningWorker:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=worker.run, args=(self.stop,))
-
-    def __enter__(self) -> Worker:
-        self.thread.start()
-        return self.worker
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(60)
-        assert not self.thread.is_alive()
 
 
 def test_single_image_jobs_are_batched_together(queue: JobQueue, engine: CaptionEngine) -> None:

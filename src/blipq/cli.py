@@ -253,26 +253,35 @@ def serve(
         host=host, port=port, queue=queue, workers=workers, model=model, checkpoints_dir=checkpoints_dir,
         device=device, dtype=dtype, max_batch=max_batch, batch_wait_ms=batch_wait_ms, lease_s=lease_s,
     )  # fmt: skip
-    try:
-        job_queue = open_queue(settings.queue, max_attempts=settings.max_attempts)
-        # Resolve (and download) the checkpoint once here, so workers never race to download it.
-        checkpoint = resolve_checkpoint(settings.model, settings.checkpoints_dir) if settings.workers else None
-    except BlipqError as exc:
-        _fail(exc.message)
-    supervised = [
-        SupervisedProcess(f"worker-{index}", worker_command(_worker_arguments(settings, str(checkpoint), index)))
-        for index in range(settings.workers)
-    ]
-    for process in supervised:
-        process.start()
+    supervised: list[SupervisedProcess] = []
 
     def stop_workers() -> None:
         for process in supervised:
             process.stop()
 
-    # Workers are stopped in the app's shutdown: uvicorn re-raises SIGTERM once it returns.
-    app = create_app(settings, job_queue, on_shutdown=stop_workers)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    try:
+        job_queue = open_queue(settings.queue, max_attempts=settings.max_attempts)
+        # Resolve (and download) the checkpoint once here, so workers never race to download it.
+        checkpoint = resolve_checkpoint(settings.model, settings.checkpoints_dir) if settings.workers else None
+        # Workers are stopped in the app's shutdown: uvicorn re-raises SIGTERM once it returns.
+        app = create_app(settings, job_queue, on_shutdown=stop_workers)
+    except BlipqError as exc:
+        _fail(exc.message)
+    supervised += [
+        SupervisedProcess(f"worker-{index}", worker_command(_worker_arguments(settings, str(checkpoint), index)))
+        for index in range(settings.workers)
+    ]
+    for process in supervised:
+        process.start()
+    # On SIGTERM uvicorn stops accepting, lets in-flight requests finish (up to the timeout), then
+    # runs the app's shutdown, which drains the workers.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+    )
 
 
 def _worker_arguments(settings: Settings, checkpoint: str, index: int) -> list[str]:

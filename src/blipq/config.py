@@ -68,8 +68,8 @@ class Settings(BaseSettings):
     rate_limit: str | None = Field(
         None, description='Requests per API key (or client address) per API process, e.g. "600/minute".'
     )
-    shutdown_timeout_s: float = Field(
-        30.0, ge=0, description="On SIGTERM, how long the API waits for in-flight requests before closing them."
+    shutdown_timeout_s: int = Field(
+        30, ge=0, description="On SIGTERM, how long the API waits for in-flight requests before closing them."
     )
 
     @field_validator("fetch_allow_networks", "api_keys", mode="before")

@@ -36,7 +36,7 @@ BAD_REQUESTS = [
     ("post", "/captionImage", {"json": {"imgb64s": "abc"}}, 422, "invalid_request", "imgb64s: Input should be a valid list"),
     ("post", "/captionImage", {"json": {"imgb64s": [PNG], "imgurls": ["http://127.0.0.1:9/a"]}}, 422, "invalid_request", "not both"),
     ("post", "/captionImage", {"json": {"imgb64s": [PNG, base64.b64encode(b"hello world").decode()]}}, 422, "invalid_image", "image 1: not a supported image (got text"),
-    ("post", "/captionImage", {"json": {"imgb64s": [PNG] * 4}}, 413, "input_too_large", "4 images in one request; the limit is 3"),
+    ("post", "/captionImage", {"json": {"imgb64s": [PNG] * 4}}, 413, "input_too_large", "4 images in one request; the max_images_per_job limit is 3"),
     ("post", "/captionImage", {"json": {"imgurls": ["file:///etc/passwd"]}}, 400, "invalid_input", "is not an http or https URL"),
     ("post", "/captionImage", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "invalid_request", "JSON decode error"),
     ("post", "/captionImageBlocking", {"json": {"imgb64s": [""]}}, 422, "invalid_image", "image 0: image is empty"),

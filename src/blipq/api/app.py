@@ -11,6 +11,8 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from blipq import __version__
+from blipq.api.auth import ApiKeys, RateLimiter
+from blipq.api.body_limit import BodySizeLimit
 from blipq.api.errors import install_error_handlers
 from blipq.api.routes import health, seed, v1
 from blipq.api.service import Metrics, Service
@@ -44,7 +46,14 @@ def create_app(settings: Settings, queue: JobQueue, *, on_shutdown: Callable[[],
         summary="Image captioning with Salesforce BLIP: a durable queue, batching workers, blocking and async APIs.",
         lifespan=lifespan,
     )
-    app.state.service = Service(queue=queue, settings=settings, metrics=Metrics(queue))
+    app.state.service = Service(
+        queue=queue,
+        settings=settings,
+        metrics=Metrics(queue),
+        keys=ApiKeys.from_settings(settings),
+        rate_limiter=RateLimiter(settings.rate_limit) if settings.rate_limit else None,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(seed.router)
     app.include_router(v1.router)

@@ -23,7 +23,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BlipqError)
     async def blipq_error(request: Request, exc: BlipqError) -> JSONResponse:
         extra = {"id": exc.job_id} if isinstance(exc, JobTimeout) else {}
-        return error_response(exc.http_status, exc.code, exc.message, **extra)
+        response = error_response(exc.http_status, exc.code, exc.message, **extra)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

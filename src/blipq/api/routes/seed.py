@@ -6,45 +6,58 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from blipq.api.auth import CallerDep
 from blipq.api.deps import ServiceDep
 from blipq.api.inputs import check_count, from_base64, from_url
 from blipq.api.schemas import ErrorResponse, SeedFinished, SeedRequest, SeedResult, SeedStarted, seed_captions
+from blipq.api.service import Service
 from blipq.jobs import CaptionOptions, ImageInput, JobStatus
 
-router = APIRouter(tags=["original API"], responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+router = APIRouter(
+    tags=["original API"],
+    responses={
+        400: {"model": ErrorResponse},
+        401: {"model": ErrorResponse},
+        413: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        429: {"model": ErrorResponse},
+    },
+)
 
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-def _inputs(body: SeedRequest, limit: int) -> list[ImageInput]:
+def _inputs(body: SeedRequest, service: Service) -> list[ImageInput]:
+    limit = service.settings.max_images_per_job
     if body.imgb64s is not None:
         check_count(len(body.imgb64s), limit)
-        return [from_base64(text, index) for index, text in enumerate(body.imgb64s)]
+        return [from_base64(text, index, service.image_policy) for index, text in enumerate(body.imgb64s)]
     urls = body.urls()
     check_count(len(urls), limit)
     return [from_url(url, index) for index, url in enumerate(urls)]
 
 
 @router.post("/captionImage", response_model=SeedStarted)
-def start_job(body: SeedRequest, service: ServiceDep) -> SeedStarted:
+def start_job(body: SeedRequest, service: ServiceDep, caller: CallerDep) -> SeedStarted:
     """Queue a job; poll GET /captionImage for the result."""
-    job_id = service.submit(_inputs(body, service.settings.max_images_per_job), CaptionOptions())
+    job_id = service.submit(_inputs(body, service), CaptionOptions(), caller)
     return SeedStarted(id=job_id)
 
 
 @router.get("/captionImage", response_model=list[SeedResult])
 def finished_jobs(
     service: ServiceDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
     after: Annotated[str | None, Query(description="Only jobs after this job id.")] = None,
 ) -> list[SeedResult]:
     """Finished jobs still within the retention period, oldest first."""
-    jobs = service.queue.list_jobs(statuses=FINISHED, limit=limit, after=after)
+    jobs = service.list_jobs(caller, statuses=FINISHED, limit=limit, after=after)
     return [SeedResult(id=job.id, result=seed_captions(job)) for job in jobs]
 
 
 @router.post("/captionImageBlocking", response_model=SeedFinished, responses={504: {"model": ErrorResponse}})
-def caption_blocking(body: SeedRequest, service: ServiceDep) -> SeedFinished:
+def caption_blocking(body: SeedRequest, service: ServiceDep, caller: CallerDep) -> SeedFinished:
     """Queue a job and answer when it is finished (504 with the job id after the blocking timeout)."""
-    job_id = service.submit(_inputs(body, service.settings.max_images_per_job), CaptionOptions())
+    job_id = service.submit(_inputs(body, service), CaptionOptions(), caller)
     return SeedFinished(id=job_id, result=seed_captions(service.wait(job_id)))

@@ -2,67 +2,99 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
+from blipq.api.auth import Caller, CallerDep
 from blipq.api.deps import ServiceDep
 from blipq.api.inputs import check_count, from_base64, from_bytes, from_url
 from blipq.api.schemas import ErrorResponse, GeneratedText, JobList, JobRequest, JobView
 from blipq.api.service import Service
-from blipq.errors import ImageFailed, InvalidInput, InvalidOptions
+from blipq.errors import ImageFailed, InputTooLarge, InvalidInput, InvalidOptions
+from blipq.images import ImagePolicy
 from blipq.jobs import CaptionOptions, ImageInput, Job, JobStatus
+from blipq.queue.base import Idempotency
 
 router = APIRouter(
     prefix="/v1",
     tags=["v1"],
-    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={
+        400: {"model": ErrorResponse},
+        401: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+        413: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        429: {"model": ErrorResponse},
+    },
 )
 
 
-def _job_inputs(body: JobRequest, limit: int) -> list[ImageInput]:
-    check_count(len(body.images), limit)
+def _job_inputs(body: JobRequest, service: Service) -> list[ImageInput]:
+    check_count(len(body.images), service.settings.max_images_per_job)
+    policy: ImagePolicy = service.image_policy
     return [
-        from_base64(spec.b64, index) if spec.b64 is not None else from_url(spec.url or "", index)
+        from_base64(spec.b64, index, policy) if spec.b64 is not None else from_url(spec.url or "", index)
         for index, spec in enumerate(body.images)
     ]
 
 
 @router.post("/jobs", status_code=202, response_model=JobView)
-def create_job(body: JobRequest, response: Response, service: ServiceDep) -> JobView:
+def create_job(
+    body: JobRequest,
+    response: Response,
+    service: ServiceDep,
+    caller: CallerDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="Retrying with the same key and body returns the same job; a different body is refused.",
+        ),
+    ] = None,
+) -> JobView:
     """Queue a job; its URL is in the Location header."""
-    job_id = service.submit(_job_inputs(body, service.settings.max_images_per_job), body.options)
+    idempotency = None
+    if idempotency_key is not None:
+        fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+        idempotency = Idempotency(idempotency_key, fingerprint)
+    job_id = service.submit(_job_inputs(body, service), body.options, caller, idempotency)
     response.headers["Location"] = f"/v1/jobs/{job_id}"
-    return JobView.of(service.queue.get(job_id))
+    return JobView.of(service.job(job_id, caller))
 
 
 @router.get("/jobs/{job_id}", response_model=JobView)
-def get_job(job_id: str, service: ServiceDep) -> JobView:
-    return JobView.of(service.queue.get(job_id))
+def get_job(job_id: str, service: ServiceDep, caller: CallerDep) -> JobView:
+    return JobView.of(service.job(job_id, caller))
 
 
 @router.get("/jobs", response_model=JobList)
 def list_jobs(
     service: ServiceDep,
+    caller: CallerDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
 ) -> JobList:
     """Jobs oldest first."""
-    jobs = service.queue.list_jobs(statuses=[status] if status else None, limit=limit + 1, after=cursor)
+    jobs = service.list_jobs(caller, statuses=[status] if status else None, limit=limit + 1, after=cursor)
     page = jobs[:limit]
     next_cursor = page[-1].id if len(jobs) > limit else None
     return JobList(jobs=[JobView.of(job) for job in page], next_cursor=next_cursor)
 
 
 @router.delete("/jobs/{job_id}", response_model=JobView)
-def cancel_job(job_id: str, service: ServiceDep) -> JobView:
+def cancel_job(job_id: str, service: ServiceDep, caller: CallerDep) -> JobView:
     """Cancel the images not captioned yet; a finished job is returned unchanged."""
-    return JobView.of(service.queue.cancel(job_id))
+    return JobView.of(service.cancel(job_id, caller))
 
 
 @router.post(
@@ -89,14 +121,14 @@ def cancel_job(job_id: str, service: ServiceDep) -> JobView:
         }
     },
 )
-async def caption_now(request: Request, service: ServiceDep) -> JobView:
+async def caption_now(request: Request, service: ServiceDep, caller: CallerDep) -> JobView:
     """Caption synchronously: a JSON body like POST /v1/jobs, or multipart file uploads."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        images, options = await _multipart(request, service.settings.max_images_per_job)
+        images, options = await _multipart(request, service)
     else:
         body = _parse(JobRequest, await request.body())
-        images, options = _job_inputs(body, service.settings.max_images_per_job), body.options
-    job = await run_in_threadpool(_submit_and_wait, service, images, options)
+        images, options = _job_inputs(body, service), body.options
+    job = await run_in_threadpool(_submit_and_wait, service, images, options, caller)
     return JobView.of(job)
 
 
@@ -111,7 +143,7 @@ async def caption_now(request: Request, service: ServiceDep) -> JobView:
         }
     },
 )
-async def hugging_face_image_to_text(request: Request, service: ServiceDep) -> list[GeneratedText]:
+async def hugging_face_image_to_text(request: Request, service: ServiceDep, caller: CallerDep) -> list[GeneratedText]:
     """Hugging Face Inference compatible: raw image bytes in (or JSON {"inputs": base64}), generated text out."""
     body = await request.body()
     if request.headers.get("content-type", "").startswith("application/json"):
@@ -120,25 +152,35 @@ async def hugging_face_image_to_text(request: Request, service: ServiceDep) -> l
             raise InvalidInput('a JSON body must be {"inputs": "<base64 image>"}')
         if payload.get("parameters"):
             raise InvalidOptions("parameters are not supported here; use POST /v1/captions for options")
-        image = from_base64(payload["inputs"], 0)
+        image = from_base64(payload["inputs"], 0, service.image_policy)
     else:
-        image = from_bytes(body, 0)
-    job = await run_in_threadpool(_submit_and_wait, service, [image], CaptionOptions())
+        image = from_bytes(body, 0, service.image_policy)
+    job = await run_in_threadpool(_submit_and_wait, service, [image], CaptionOptions(), caller)
     outcome = job.images[0]
     if outcome.error is not None:
         raise ImageFailed(outcome.error.code, outcome.error.message)
     return [GeneratedText(generated_text=outcome.caption or "")]
 
 
-def _submit_and_wait(service: Service, images: list[ImageInput], options: CaptionOptions) -> Job:
-    return service.wait(service.submit(images, options))
+def _submit_and_wait(service: Service, images: list[ImageInput], options: CaptionOptions, caller: Caller) -> Job:
+    return service.wait(service.submit(images, options, caller))
 
 
-async def _multipart(request: Request, limit: int) -> tuple[list[ImageInput], CaptionOptions]:
-    form = await request.form()
+async def _multipart(request: Request, service: Service) -> tuple[list[ImageInput], CaptionOptions]:
+    limit = service.settings.max_images_per_job
+    try:
+        # max_files bounds what the parser keeps before any count check could run.
+        form = await request.form(max_files=limit, max_fields=16)
+    except HTTPException as exc:
+        if exc.status_code != 400:
+            raise  # 413 from the body size limit
+        if "Too many files" in str(exc.detail):
+            message = f"more than {limit} files in one request; the max_images_per_job limit is {limit}"
+            raise InputTooLarge(message) from None
+        raise InvalidInput(f"the multipart body cannot be parsed: {exc.detail}") from None
     uploads = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
     check_count(len(uploads), limit)
-    images = [from_bytes(await upload.read(), index) for index, upload in enumerate(uploads)]
+    images = [from_bytes(await upload.read(), index, service.image_policy) for index, upload in enumerate(uploads)]
     raw_options = form.get("options")
     if raw_options is None:
         return images, CaptionOptions()
