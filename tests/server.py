@@ -98,7 +98,7 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.command, stdout=log, stderr=log, env=self.env, start_new_session=True)
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=log, start_new_session=True)
         return self
 
     def alive(self) -> bool:

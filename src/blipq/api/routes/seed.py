@@ -18,6 +18,7 @@ router = APIRouter(
     responses={
         400: {"model": ErrorResponse},
         401: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
         413: {"model": ErrorResponse},
         422: {"model": ErrorResponse},
         429: {"model": ErrorResponse},
