@@ -99,3 +99,20 @@ def test_stop_finishes_the_batch_in_hand(queue: JobQueue, engine: CaptionEngine)
     assert "running" not in states  # everything claimed was finished, nothing left to a lease
     assert states.count("done") >= 4
     assert states.count("done") + states.count("queued") == 10
+
+
+def test_urls_into_the_network_fail_alone_with_a_clear_error(
+    queue: JobQueue, engine: CaptionEngine, http_server: tuple[str, Path]
+) -> None:
+    """With the default fetch policy (public addresses only) internal URLs are per-image errors."""
+    base, root = http_server
+    (root / "inside.jpg").write_bytes(encode(noise(64, 64, seed=3), "JPEG"))
+    urls = [f"{base}/inside.jpg", "http://169.254.169.254/latest/meta-data/", "http://10.0.0.7/a.jpg"]
+    job_id = queue.enqueue([ImageInput(data=pictures(1)[0]), *(ImageInput(url=url) for url in urls)], CaptionOptions())
+    with RunningWorker(Worker(queue, engine, WorkerConfig(), model_name="tiny")):
+        job = queue.wait(job_id, timeout_s=60)
+    assert [image.state for image in job.images] == ["done", "failed", "failed", "failed"]
+    for image in job.images[1:]:
+        assert image.error is not None
+        assert image.error.code == "fetch_failed"
+        assert "is not a public address" in image.error.message
