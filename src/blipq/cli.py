@@ -284,26 +284,6 @@ def serve(
     )
 
 
-@app.command()
-def healthcheck(
-    url: Annotated[
-        str | None,
-        typer.Option("--url", help="Default: http://127.0.0.1:<BLIPQ_PORT>/healthz, the server on this machine."),
-    ] = None,
-    timeout_s: Annotated[float, typer.Option("--timeout-s", help="Seconds to wait for the answer.")] = 3.0,
-) -> None:
-    """Exit 0 when the server answers /healthz with 200, else 1 (for container health checks)."""
-    import httpx
-
-    target = url or f"http://127.0.0.1:{_settings().port}/healthz"
-    try:
-        status = httpx.get(target, timeout=timeout_s).status_code
-    except httpx.HTTPError as exc:
-        _fail(f"{target}: {type(exc).__name__}: {exc}")
-    if status != 200:
-        _fail(f"{target} answered HTTP {status}")
-
-
 def _worker_arguments(settings: Settings, checkpoint: str, index: int) -> list[str]:
     device = settings.device
     if device == "auto" and settings.workers > 1:
@@ -382,3 +362,23 @@ def worker(
             logging.getLogger(__name__).info("signal %d: finishing the images in hand, then exiting", signals[0])
             stop.set()
     job_queue.close()
+
+
+@app.command()
+def healthcheck(
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Default: http://127.0.0.1:<BLIPQ_PORT>/healthz, the server on this machine."),
+    ] = None,
+    timeout_s: Annotated[float, typer.Option("--timeout-s", help="Seconds to wait for the answer.")] = 3.0,
+) -> None:
+    """Exit 0 when the server answers /healthz with 200, else 1 (for container health checks)."""
+    import httpx
+
+    target = url or f"http://127.0.0.1:{_settings().port}/healthz"
+    try:
+        status = httpx.get(target, timeout=timeout_s).status_code
+    except httpx.HTTPError as exc:
+        _fail(f"{target}: {type(exc).__name__}: {exc}")
+    if status != 200:
+        _fail(f"{target} answered HTTP {status}")
