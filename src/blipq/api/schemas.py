@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from blipq.jobs import CaptionOptions, ImageOutcome, Job, JobStatus
@@ -69,6 +71,12 @@ class ErrorBody(BaseModel):
 class ErrorResponse(BaseModel):
     error: ErrorBody
     id: str | None = Field(None, description="The job id, when the error concerns an accepted job (504).")
+
+
+#: What any job route may answer besides success (documented in the OpenAPI schema; the schema tests hold us to it).
+JOB_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 429)
+}
 
 
 class ImageView(BaseModel):

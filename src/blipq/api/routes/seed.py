@@ -9,20 +9,21 @@ from fastapi import APIRouter, Query
 from blipq.api.auth import CallerDep
 from blipq.api.deps import ServiceDep
 from blipq.api.inputs import check_count, from_base64, from_url
-from blipq.api.schemas import ErrorResponse, SeedFinished, SeedRequest, SeedResult, SeedStarted, seed_captions
+from blipq.api.schemas import (
+    JOB_ROUTE_ERRORS,
+    ErrorResponse,
+    SeedFinished,
+    SeedRequest,
+    SeedResult,
+    SeedStarted,
+    seed_captions,
+)
 from blipq.api.service import Service
 from blipq.jobs import CaptionOptions, ImageInput, JobStatus
 
 router = APIRouter(
     tags=["original API"],
-    responses={
-        400: {"model": ErrorResponse},
-        401: {"model": ErrorResponse},
-        404: {"model": ErrorResponse},
-        413: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
-        429: {"model": ErrorResponse},
-    },
+    responses=JOB_ROUTE_ERRORS,
 )
 
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from blipq.api.auth import Caller, CallerDep
 from blipq.api.deps import ServiceDep
 from blipq.api.inputs import check_count, from_base64, from_bytes, from_url
-from blipq.api.schemas import ErrorResponse, GeneratedText, JobList, JobRequest, JobView
+from blipq.api.schemas import JOB_ROUTE_ERRORS, ErrorResponse, GeneratedText, JobList, JobRequest, JobView
 from blipq.api.service import Service
 from blipq.errors import ImageFailed, InputTooLarge, InvalidInput, InvalidOptions
 from blipq.images import ImagePolicy
@@ -25,14 +25,7 @@ from blipq.queue.base import Idempotency
 router = APIRouter(
     prefix="/v1",
     tags=["v1"],
-    responses={
-        400: {"model": ErrorResponse},
-        401: {"model": ErrorResponse},
-        404: {"model": ErrorResponse},
-        413: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
-        429: {"model": ErrorResponse},
-    },
+    responses=JOB_ROUTE_ERRORS,
 )
 
 
