@@ -47,10 +47,13 @@ class ImageHandler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Length", str(len(PNG)))
             self.end_headers()
-            for byte in PNG:  # one byte every 50 ms: each read is quick, the whole is not
-                self.wfile.write(bytes([byte]))
-                self.wfile.flush()
-                time.sleep(0.05)
+            try:
+                for byte in PNG:  # one byte every 50 ms: each read is quick, the whole is not
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up at its deadline, as it should
         else:
             self._send(404, b"not found", "text/plain")
 

@@ -85,24 +85,25 @@ class Unauthorized(BlipqError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
-class QueueFull(BlipqError):
-    """Backpressure: too many images are waiting; retry later."""
+class RetryLater(BlipqError):
+    """429: the request was fine but arrived when it cannot be taken; Retry-After says when to try again."""
 
-    code = "queue_full"
     http_status = 429
 
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
-class RateLimited(BlipqError):
+class QueueFull(RetryLater):
+    """Backpressure: too many images are waiting."""
+
+    code = "queue_full"
+
+
+class RateLimited(RetryLater):
     """This API key (or client) sent more requests than the configured rate allows."""
 
     code = "rate_limited"
-    http_status = 429
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
 class IdempotencyConflict(BlipqError):

@@ -11,6 +11,7 @@ again. The command line uses the same code with the address check off (the user'
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import ipaddress
 import socket
 import time
@@ -41,10 +42,14 @@ class FetchPolicy:
     public_only: bool = True
     allow_networks: tuple[str, ...] = ()
 
+    @functools.cached_property
+    def _networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(network) for network in self.allow_networks)
+
     def allows(self, address: _IPAddress) -> bool:
         if not self.public_only or _is_public(address):
             return True
-        return any(address in ipaddress.ip_network(network) for network in self.allow_networks)
+        return any(address in network for network in self._networks)
 
 
 def is_url(text: str) -> bool:
@@ -56,33 +61,34 @@ def fetch_url(url: str, policy: FetchPolicy) -> bytes:
     first bytes must look like an image. Raises FetchFailed, InputTooLarge or InvalidImage."""
     deadline = time.monotonic() + policy.timeout_s
     current = url
-    with httpx.Client(follow_redirects=False, trust_env=False) as client:
-        for _ in range(policy.max_redirects + 1):
-            target = _parse(current)
-            address = _checked_address(target, policy, deadline)
-            request = client.build_request(
-                "GET",
-                target.copy_with(host=str(address)),
-                headers={"Host": target.netloc.decode("ascii")},
-                timeout=_remaining(deadline, url),
-                # TLS must still verify the certificate against the name, not the address.
-                extensions={"sni_hostname": target.host} if target.scheme == "https" else None,
-            )
-            try:
+    # One place turns transport errors (connecting, sending, or reading the body) into FetchFailed.
+    try:
+        with httpx.Client(follow_redirects=False, trust_env=False) as client:
+            for _ in range(policy.max_redirects + 1):
+                target = _parse(current)
+                address = _checked_address(target, policy, deadline)
+                request = client.build_request(
+                    "GET",
+                    target.copy_with(host=str(address)),
+                    headers={"Host": target.netloc.decode("ascii")},
+                    timeout=_remaining(deadline, url),
+                    # TLS must still verify the certificate against the name, not the address.
+                    extensions={"sni_hostname": target.host} if target.scheme == "https" else None,
+                )
                 response = client.send(request, stream=True)
-            except httpx.TimeoutException:
-                raise FetchFailed(f"{url} did not answer within {policy.timeout_s:g} s") from None
-            except httpx.HTTPError as exc:
-                raise FetchFailed(f"could not fetch {url}: {type(exc).__name__}: {exc}") from None
-            try:
-                if response.status_code in _REDIRECTS and "location" in response.headers:
-                    current = str(target.join(response.headers["location"]))
-                    continue
-                if response.status_code != 200:
-                    raise FetchFailed(f"GET {url} answered HTTP {response.status_code}")
-                return _read_image(response, url, policy, deadline)
-            finally:
-                response.close()
+                try:
+                    if response.status_code in _REDIRECTS and "location" in response.headers:
+                        current = str(target.join(response.headers["location"]))
+                        continue
+                    if response.status_code != 200:
+                        raise FetchFailed(f"GET {url} answered HTTP {response.status_code}")
+                    return _read_image(response, url, policy, deadline)
+                finally:
+                    response.close()
+    except httpx.TimeoutException:
+        raise FetchFailed(f"{url} did not answer within {policy.timeout_s:g} s") from None
+    except httpx.HTTPError as exc:
+        raise FetchFailed(f"could not fetch {url}: {type(exc).__name__}: {exc}") from None
     raise FetchFailed(f"{url} redirected more than {policy.max_redirects} times")
 
 
@@ -126,21 +132,16 @@ def _read_image(response: httpx.Response, url: str, policy: FetchPolicy, deadlin
     chunks: list[bytes] = []
     received = 0
     sniffed = False
-    try:
-        for chunk in response.iter_bytes():
-            received += len(chunk)
-            if received > policy.max_bytes:
-                raise InputTooLarge(f"{url} is larger than the max_fetch_bytes limit of {policy.max_bytes} bytes")
-            chunks.append(chunk)
-            if not sniffed and received >= 16:
-                _check_image_head(b"".join(chunks), url)
-                sniffed = True
-            if time.monotonic() > deadline:
-                raise FetchFailed(f"{url} took longer than {policy.timeout_s:g} s to download")
-    except httpx.TimeoutException:
-        raise FetchFailed(f"{url} did not answer within {policy.timeout_s:g} s") from None
-    except httpx.HTTPError as exc:
-        raise FetchFailed(f"could not fetch {url}: {type(exc).__name__}: {exc}") from None
+    for chunk in response.iter_bytes():
+        received += len(chunk)
+        if received > policy.max_bytes:
+            raise InputTooLarge(f"{url} is larger than the max_fetch_bytes limit of {policy.max_bytes} bytes")
+        chunks.append(chunk)
+        if not sniffed and received >= 16:
+            _check_image_head(b"".join(chunks), url)
+            sniffed = True
+        if time.monotonic() > deadline:
+            raise FetchFailed(f"{url} took longer than {policy.timeout_s:g} s to download")
     data = b"".join(chunks)
     if not sniffed:
         _check_image_head(data, url)
