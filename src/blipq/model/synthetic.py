@@ -8,6 +8,7 @@ they cost the same compute as the real weights.
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,6 +22,7 @@ from transformers import (
     BlipProcessor,
 )
 
+from blipq.model.checkpoint import share_readably
 from blipq.model.vocab import build_vocab
 
 Size = Literal["tiny", "base", "large"]
@@ -49,9 +51,22 @@ SHAPES: dict[str, Shape] = {
 
 
 def write_test_checkpoint(directory: Path, size: Size = "tiny", seed: int = 0) -> Path:
-    """Write a loadable random-weight BLIP captioning checkpoint of `size` into `directory`."""
-    shape = SHAPES[size]
+    """Write a loadable random-weight BLIP captioning checkpoint of `size` into `directory`.
+
+    The files are written into a staging folder first and moved in once their modes are fixed, so
+    nothing else a user keeps in `directory` is touched.
+    """
     directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".test-model-", dir=directory) as staging_name:
+        staging = Path(staging_name)
+        _write_checkpoint(staging, SHAPES[size], seed)
+        share_readably(staging)
+        for written in staging.iterdir():
+            written.replace(directory / written.name)
+    return directory
+
+
+def _write_checkpoint(directory: Path, shape: Shape, seed: int) -> None:
     words = build_vocab(shape.vocab_words)
     tokenizer = _tokenizer(words)
     config = blip_config(shape, vocab_size=len(tokenizer))
@@ -65,7 +80,6 @@ def write_test_checkpoint(directory: Path, size: Size = "tiny", seed: int = 0) -
     processor.image_processor.save_pretrained(directory)
     # The plain WordPiece file, for tools that read vocab.txt rather than tokenizer.json.
     (directory / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
-    return directory
 
 
 def blip_config(shape: Shape, *, vocab_size: int) -> BlipConfig:
