@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from blipq.cli import app
+from blipq.config import Settings
 from blipq.images import decode_image
 from blipq.jobs import CaptionOptions
 from blipq.model.engine import CaptionEngine
@@ -105,3 +106,78 @@ def test_test_model_command_writes_a_loadable_checkpoint(tmp_path: Path) -> None
     assert engine.caption([drawing(64, 64, "white", "black")], CaptionOptions())[0]
     unknown = CliRunner().invoke(app, ["test-model", str(tmp_path / "x"), "--size", "huge"])
     assert unknown.exit_code == 2
+
+
+def test_nothing_captioned_exits_non_zero_and_says_so(tiny_checkpoint: Path, photo_dir: Path) -> None:
+    missing = photo_dir / "gone.jpg"
+    result = CliRunner().invoke(
+        app, ["caption", "--model", str(tiny_checkpoint), str(missing), str(photo_dir / "broken.jpg")]
+    )
+    assert result.exit_code == 1
+    assert "no image was captioned: all 2 failed" in result.stderr
+    assert [json.loads(line)["error"]["code"] for line in result.stdout.splitlines()] == [
+        "unreadable_input",
+        "invalid_image",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("no/such/folder/captions.jsonl", "the folder {tmp}/no/such/folder does not exist"),
+        (".", "is a directory; give a file name"),
+    ],
+)
+def test_an_unwritable_output_is_refused_before_the_model_loads(tmp_path: Path, out: str, message: str) -> None:
+    """The model named does not exist: the output path is checked first, so that is the error."""
+    result = CliRunner().invoke(
+        app, ["caption", "--model", str(tmp_path / "no-model"), "-o", str(tmp_path / out), str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert message.format(tmp=tmp_path) in " ".join(result.stderr.split())
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_dash_as_output_is_stdout(tiny_checkpoint: Path, photo_dir: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "blipq", "caption", "--model", str(tiny_checkpoint), "-o", "-", "-f", "txt",
+         str(photo_dir / "logo.png")],
+        capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{photo_dir / 'logo.png'}\t")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _help(command: str) -> str:
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "300"}, terminal_width=300)
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    ("command", "settings"),
+    [
+        ("serve", ["host", "port", "queue", "workers", "model", "checkpoints_dir", "device", "dtype", "max_batch",
+                   "batch_wait_ms", "lease_s"]),
+        ("worker", ["queue", "model", "checkpoints_dir", "device", "dtype", "max_batch", "batch_wait_ms", "lease_s"]),
+        ("caption", ["model", "checkpoints_dir", "device", "dtype", "max_batch"]),
+        ("download", ["checkpoints_dir"]),
+    ],
+)  # fmt: skip
+def test_help_shows_each_options_variable_and_default(command: str, settings: list[str]) -> None:
+    text = _help(command)
+    for name in settings:
+        assert f"[env BLIPQ_{name.upper()}; default: {Settings.model_fields[name].default}]" in text
+
+
+def test_caption_help_shows_the_generation_defaults() -> None:
+    text = _help("caption")
+    for option in (
+        "Beam width; 1 = greedy. [default: 3]",
+        "[default: 20]",
+        "[default: 5]",
+        "[default: 'a picture of ']",
+    ):
+        assert option in text

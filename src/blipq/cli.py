@@ -6,7 +6,7 @@ import logging
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -16,10 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from blipq import __version__
 from blipq.config import Settings
 from blipq.errors import BlipqError, InvalidOptions
+from blipq.jobs import CaptionOptions
 from blipq.writers import OutputFormat
-
-if TYPE_CHECKING:
-    from blipq.jobs import CaptionOptions
 
 app = typer.Typer(
     name="blipq",
@@ -30,13 +28,29 @@ app = typer.Typer(
 )
 stderr = Console(stderr=True)
 
-ModelOpt = Annotated[str | None, typer.Option("--model", help="Checkpoint directory or hub id [env BLIPQ_MODEL].")]
+
+def _setting(name: str, flag: str, summary: str, *aliases: str) -> Any:
+    """An option for a `Settings` field: left out, the field's environment variable or default applies,
+    and the help says both (read from Settings, so it stays true)."""
+    default = Settings.model_fields[name].default
+    # "\[" keeps rich from taking the brackets for markup.
+    help_text = f"{summary} \\[env BLIPQ_{name.upper()}; default: {default}]"
+    return typer.Option(flag, *aliases, help=help_text, show_default=False)
+
+
+def _generation(name: str, summary: str) -> Any:
+    """An option for a `CaptionOptions` field, its default read from there."""
+    default = CaptionOptions.model_fields[name].default
+    return typer.Option(f"--{name.replace('_', '-')}", help=f"{summary} \\[default: {default!r}]", show_default=False)
+
+
+ModelOpt = Annotated[str | None, _setting("model", "--model", "Checkpoint directory or hub id.")]
 CheckpointsOpt = Annotated[
-    Path | None,
-    typer.Option("--checkpoints-dir", help="Where hub checkpoints are stored [env BLIPQ_CHECKPOINTS_DIR]."),
+    Path | None, _setting("checkpoints_dir", "--checkpoints-dir", "Where hub checkpoints are stored.")
 ]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps [env BLIPQ_DEVICE].")]
-DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="auto, fp32, fp16, bf16 [env BLIPQ_DTYPE].")]
+DeviceOpt = Annotated[str | None, _setting("device", "--device", "auto, cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[str | None, _setting("dtype", "--dtype", "auto, fp32, fp16 or bf16.")]
+MaxBatchOpt = Annotated[int | None, _setting("max_batch", "--max-batch", "Images per model call.")]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -82,23 +96,22 @@ def caption(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or http(s) URLs.", show_default=False)],
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")] = False,
     output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = "jsonl",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write rows here instead of stdout.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Images per model call.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write rows to this file instead of stdout ('-' is stdout).")
+    ] = None,
+    batch_size: Annotated[int | None, _setting("max_batch", "--batch-size", "Images per model call.", "-b")] = None,
     model: ModelOpt = None,
     checkpoints_dir: CheckpointsOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
-    num_beams: Annotated[int | None, typer.Option(help="Beam width (default 3; 1 = greedy).")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Max tokens incl. prompt (default 20).")] = None,
-    min_length: Annotated[int | None, typer.Option(help="Min tokens incl. prompt (default 5).")] = None,
-    prompt: Annotated[
-        str | None, typer.Option(help="Caption prefix, removed from output (default 'a picture of ').")
-    ] = None,
-    repetition_penalty: Annotated[float | None, typer.Option(help="1.0 = none (default).")] = None,
+    num_beams: Annotated[int | None, _generation("num_beams", "Beam width; 1 = greedy.")] = None,
+    max_length: Annotated[int | None, _generation("max_length", "Max tokens, prompt included.")] = None,
+    min_length: Annotated[int | None, _generation("min_length", "Min tokens, prompt included.")] = None,
+    prompt: Annotated[str | None, _generation("prompt", "Caption prefix, removed from the output.")] = None,
+    repetition_penalty: Annotated[float | None, _generation("repetition_penalty", "1.0 = none.")] = None,
     decode_threads: Annotated[int, typer.Option(help="Threads decoding images ahead of the model.")] = 2,
 ) -> None:
     """Caption image files, folders and URLs; one output row per image (path, caption or error)."""
-    from blipq.jobs import CaptionOptions
     from blipq.sources import expand_inputs
 
     settings = _settings(model=model, checkpoints_dir=checkpoints_dir, device=device, dtype=dtype, max_batch=batch_size)
@@ -112,6 +125,9 @@ def caption(
         )
     except BlipqError as exc:
         _fail(exc.message, code=2)
+    out = None if out == Path("-") else out
+    if out is not None:
+        _check_output_file(out)
     sources = expand_inputs(inputs, recursive=recursive)
     if not sources:
         _fail("no images found in the given paths (folders are scanned for .jpg .png .webp .gif .bmp .tif)")
@@ -119,7 +135,22 @@ def caption(
         failed = _caption_to_output(settings, options, sources, output_format, out, decode_threads)
     except BlipqError as exc:
         _fail(exc.message, code=2 if isinstance(exc, InvalidOptions) else 1)
+    if failed == len(sources):
+        _fail(f"no image was captioned: all {failed} failed (the reasons are above)")
     stderr.print(f"captioned {len(sources) - failed} of {len(sources)} images; {failed} failed", highlight=False)
+
+
+def _check_output_file(out: Path) -> None:
+    """Refuse an output path that cannot be written before the model is loaded, in one line."""
+    import os
+
+    if out.is_dir():
+        _fail(f"--out {out} is a directory; give a file name, e.g. {out / 'captions.jsonl'}", code=2)
+    folder = out.parent
+    if not folder.is_dir():
+        _fail(f"--out {out}: the folder {folder} does not exist", code=2)
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        _fail(f"--out {out}: permission denied", code=2)
 
 
 def _caption_to_output(
@@ -215,23 +246,18 @@ def download(
     stderr.print(f"checkpoint ready in {path}", highlight=False)
 
 
-QueueOpt = Annotated[
-    str | None, typer.Option("--queue", help="Queue URL, e.g. sqlite:///./data/blipq.db [env BLIPQ_QUEUE].")
-]
-MaxBatchOpt = Annotated[int | None, typer.Option("--max-batch", help="Images per model call [env BLIPQ_MAX_BATCH].")]
-BatchWaitOpt = Annotated[
-    int | None, typer.Option("--batch-wait-ms", help="Wait to fill a batch [env BLIPQ_BATCH_WAIT_MS].")
-]
-LeaseOpt = Annotated[float | None, typer.Option("--lease-s", help="Image lease length [env BLIPQ_LEASE_S].")]
+QueueOpt = Annotated[str | None, _setting("queue", "--queue", "Queue URL: sqlite:///path.db or redis://host:port/db.")]
+BatchWaitOpt = Annotated[int | None, _setting("batch_wait_ms", "--batch-wait-ms", "Milliseconds to fill a batch.")]
+LeaseOpt = Annotated[float | None, _setting("lease_s", "--lease-s", "Seconds an image stays claimed without renewal.")]
 
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Listen address [env BLIPQ_HOST].")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port [env BLIPQ_PORT].")] = None,
+    host: Annotated[str | None, _setting("host", "--host", "Listen address.")] = None,
+    port: Annotated[int | None, _setting("port", "--port", "Listen port.")] = None,
     queue: QueueOpt = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", help="Worker processes to supervise; 0 = API only [env BLIPQ_WORKERS].")
+        int | None, _setting("workers", "--workers", "Worker processes to supervise; 0 = API only.")
     ] = None,
     model: ModelOpt = None,
     checkpoints_dir: CheckpointsOpt = None,
