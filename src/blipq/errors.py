@@ -1,11 +1,13 @@
-"""The one error hierarchy: every failure a user can cause or see has a code and an HTTP status."""
+"""The one error hierarchy: every failure a user can cause or see has a machine-readable code.
+
+The HTTP status of each code is mapped in one place, `blipq.api.error_codes`.
+"""
 
 
 class BlipqError(Exception):
     """Root of all blipq errors. `code` is machine-readable, `message` is for people."""
 
     code = "internal_error"
-    http_status = 500
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -17,51 +19,55 @@ class BlipqError(Exception):
 
 
 class InvalidInput(BlipqError):
-    """A request that is malformed: bad base64, no images, wrong field types."""
+    """A request that cannot be read: not UTF-8 JSON, bad base64, not an http(s) URL, no images."""
 
     code = "invalid_input"
-    http_status = 400
+
+
+class InvalidRequest(BlipqError):
+    """Readable JSON that does not fit the request schema (missing, unknown or mistyped fields)."""
+
+    code = "invalid_request"
+
+
+class UnsupportedMediaType(BlipqError):
+    """A body in a format the route does not take."""
+
+    code = "unsupported_media_type"
 
 
 class InvalidImage(BlipqError):
     """The bytes are not an image we accept (wrong format, truncated, empty, ...)."""
 
     code = "invalid_image"
-    http_status = 422
 
 
 class InputTooLarge(BlipqError):
     """An input exceeds a configured limit (pixels, bytes, images per job)."""
 
     code = "input_too_large"
-    http_status = 413
 
 
 class InvalidOptions(BlipqError):
     """Generation options that cannot be honoured (min > max, prompt longer than max_length, ...)."""
 
     code = "invalid_options"
-    http_status = 422
 
 
 class UnreadableInput(BlipqError):
     """A local file could not be read (missing, a directory, no permission)."""
 
     code = "unreadable_input"
-    http_status = 422
 
 
 class FetchFailed(BlipqError):
     """A URL input could not be fetched."""
 
     code = "fetch_failed"
-    http_status = 422
 
 
 class ImageFailed(BlipqError):
     """An image of a synchronous single-image request failed; carries that image's own error code."""
-
-    http_status = 422
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -72,14 +78,12 @@ class Timeout(BlipqError):
     """A blocking request waited longer than its limit; the job goes on and can be polled."""
 
     code = "timeout"
-    http_status = 504
 
 
 class Unauthorized(BlipqError):
     """API keys are on and the request carries none, or an unknown one."""
 
     code = "unauthorized"
-    http_status = 401
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
@@ -87,8 +91,6 @@ class Unauthorized(BlipqError):
 
 class RetryLater(BlipqError):
     """429: the request was fine but arrived when it cannot be taken; Retry-After says when to try again."""
-
-    http_status = 429
 
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
@@ -110,30 +112,25 @@ class IdempotencyConflict(BlipqError):
     """An Idempotency-Key was reused with a different request body."""
 
     code = "idempotency_conflict"
-    http_status = 422
 
 
 class JobNotFound(BlipqError):
     code = "job_not_found"
-    http_status = 404
 
 
 class QueueUnavailable(BlipqError):
     """The queue's storage cannot be reached (Redis down, SQLite file unwritable)."""
 
     code = "queue_unavailable"
-    http_status = 503
 
 
 class ModelUnavailable(BlipqError):
     """The checkpoint or the device cannot be used; the message says what to do."""
 
     code = "model_unavailable"
-    http_status = 503
 
 
 class ModelFailed(BlipqError):
     """The model raised while captioning a batch; every image of that batch gets this error."""
 
     code = "model_error"
-    http_status = 500

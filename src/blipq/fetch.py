@@ -53,7 +53,12 @@ class FetchPolicy:
 
 
 def is_url(text: str) -> bool:
-    return urlsplit(text).scheme.lower() in ALLOWED_SCHEMES and "://" in text
+    """An http(s) URL with a host name; "http://" alone or "http:/path" is not one."""
+    try:
+        parts = urlsplit(text)
+        return parts.scheme.lower() in ALLOWED_SCHEMES and "://" in text and bool(parts.hostname)
+    except ValueError:  # an unbalanced "[" in the host, a bad port
+        return False
 
 
 def fetch_url(url: str, policy: FetchPolicy) -> bytes:

@@ -17,6 +17,8 @@ from tests.helpers import drawing, encode
 from tests.server import Server
 
 PNG = base64.b64encode(encode(drawing(20, 20, "white", "red"), "PNG")).decode()
+JSON = {"content-type": "application/json"}
+DEEP = b"[" * 5000 + b"]" * 5000  # 10 kB that overflows a recursive JSON decoder
 
 
 @pytest.fixture
@@ -37,8 +39,23 @@ BAD_REQUESTS = [
     ("post", "/captionImage", {"json": {"imgb64s": [PNG], "imgurls": ["http://127.0.0.1:9/a"]}}, 422, "invalid_request", "not both"),
     ("post", "/captionImage", {"json": {"imgb64s": [PNG, base64.b64encode(b"hello world").decode()]}}, 422, "invalid_image", "image 1: not a supported image (got text"),
     ("post", "/captionImage", {"json": {"imgb64s": [PNG] * 4}}, 413, "input_too_large", "4 images in one request; the max_images_per_job limit is 3"),
-    ("post", "/captionImage", {"json": {"imgurls": ["file:///etc/passwd"]}}, 400, "invalid_input", "is not an http or https URL"),
-    ("post", "/captionImage", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "invalid_request", "JSON decode error"),
+    ("post", "/captionImage", {"json": {"imgurls": ["file:///etc/passwd"]}}, 400, "invalid_input", "is not an http or https URL with a host"),
+    ("post", "/captionImage", {"json": {"imgurls": ["http://"]}}, 400, "invalid_input", "is not an http or https URL with a host"),
+    ("post", "/v1/jobs", {"json": {"images": [{"url": "https:///a.png"}]}}, 400, "invalid_input", "is not an http or https URL with a host"),
+    ("post", "/v1/jobs", {"json": {"images": [{"url": "http://[::1/a.png"}]}}, 400, "invalid_input", "is not an http or https URL with a host"),
+    ("post", "/captionImage", {"content": b"{not json", "headers": JSON}, 400, "invalid_input", "the body is not valid JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
+    ("post", "/v1/captions", {"content": b"{not json", "headers": JSON}, 400, "invalid_input", "the body is not valid JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
+    ("post", "/v1/jobs", {"content": b'{"images": [{"b64": "\xff"}]}', "headers": JSON}, 400, "invalid_input", "the body is not valid UTF-8 (byte 21 is 0xff)"),
+    ("post", "/v1/captions", {"content": b'{"images": [{"b64": "\xff"}]}', "headers": JSON}, 400, "invalid_input", "the body is not valid UTF-8 (byte 21 is 0xff)"),
+    ("post", "/v1/jobs", {"content": DEEP, "headers": JSON}, 400, "invalid_input", "the JSON body is nested too deeply"),
+    ("post", "/captionImageBlocking", {"content": DEEP, "headers": JSON}, 400, "invalid_input", "the JSON body is nested too deeply"),
+    ("post", "/v1/captions", {"content": DEEP, "headers": JSON}, 400, "invalid_input", "the JSON body is nested too deeply"),
+    ("post", "/v1/hf", {"content": DEEP, "headers": JSON}, 400, "invalid_input", "the JSON body is nested too deeply"),
+    ("post", "/v1/captions", {"files": [("images", ("a.png", base64.b64decode(PNG), "image/png"))], "data": {"options": DEEP.decode()}}, 400, "invalid_input", "the JSON body is nested too deeply"),
+    ("post", "/v1/jobs", {"content": b'{"images": []}', "headers": {"content-type": "application/x-www-form-urlencoded"}}, 415, "unsupported_media_type", "this route takes JSON (Content-Type: application/json)"),
+    ("post", "/captionImage", {"content": b'{"imgb64s": []}', "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type", "the body is 'text/plain'"),
+    ("post", "/v1/captions", {"content": b'{"images": []}', "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type", "or multipart/form-data uploads"),
+    ("post", "/v1/jobs", {"content": b'{"images": []}'}, 400, "invalid_input", "no images given"),
     ("post", "/captionImageBlocking", {"json": {"imgb64s": [""]}}, 422, "invalid_image", "image 0: image is empty"),
     ("post", "/v1/jobs", {"json": {"images": [{"b64": PNG, "url": "http://127.0.0.1:9/"}]}}, 422, "invalid_request", "exactly one of b64 or url"),
     ("post", "/v1/jobs", {"json": {"images": [{"b64": PNG}], "options": {"num_beams": 0}}}, 422, "invalid_request", "options.num_beams"),
@@ -49,13 +66,17 @@ BAD_REQUESTS = [
     ("get", "/v1/jobs?cursor=unknown", {}, 404, "job_not_found", "cursor 'unknown'"),
     ("get", "/v1/jobs?status=bogus", {}, 422, "invalid_request", "status: Input should be"),
     ("get", "/captionImage?limit=0", {}, 422, "invalid_request", "limit: Input should be greater than or equal to 1"),
-    ("post", "/v1/captions", {"content": b"[1, 2]", "headers": {"content-type": "application/json"}}, 400, "invalid_input", "Input should be a valid dictionary"),
+    ("post", "/v1/jobs", {"content": b"[1, 2]", "headers": JSON}, 422, "invalid_request", "body: Input should be a valid dictionary"),
+    ("post", "/v1/captions", {"content": b"[1, 2]", "headers": JSON}, 422, "invalid_request", "body: Input should be a valid dictionary"),
+    ("post", "/v1/captions", {"json": {"images": [{"b64": PNG, "url": "http://127.0.0.1:9/"}]}}, 422, "invalid_request", "exactly one of b64 or url"),
+    ("post", "/v1/captions", {"files": [("images", ("a.png", base64.b64decode(PNG), "image/png"))], "data": {"options": '{"num_beams": 0}'}}, 422, "invalid_request", "num_beams: Input should be greater than or equal to 1"),
     ("post", "/v1/captions", {"files": [("images", ("a.txt", b"just text", "text/plain"))]}, 422, "invalid_image", "image 0: not a supported image"),
     ("post", "/v1/captions", {"files": [("images", ("a.png", base64.b64decode(PNG), "image/png"))], "data": {"options": "{bad"}}, 400, "invalid_input", "not valid JSON"),
     ("post", "/v1/hf", {"content": b"<svg xmlns='http://www.w3.org/2000/svg'/>"}, 422, "invalid_image", "got an SVG document"),
     ("post", "/v1/hf", {"content": b""}, 422, "invalid_image", "image is empty"),
     ("post", "/v1/hf", {"json": {"inputs": PNG, "parameters": {"max_new_tokens": 5}}}, 422, "invalid_options", "parameters are not supported"),
-    ("post", "/v1/hf", {"json": {"image": PNG}}, 400, "invalid_input", '{"inputs": "<base64 image>"}'),
+    ("post", "/v1/hf", {"json": {"image": PNG}}, 422, "invalid_request", "inputs: Field required"),
+    ("post", "/v1/hf", {"json": {"inputs": 5}}, 422, "invalid_request", "inputs: Input should be a valid string"),
     ("get", "/no/such/route", {}, 404, "not_found", "Not Found"),
     ("put", "/captionImage", {}, 405, "method_not_allowed", "Method Not Allowed"),
 ]  # fmt: skip
@@ -91,14 +112,16 @@ def test_blocking_timeout_is_504_with_the_job_id(client: TestClient) -> None:
 def test_readyz_without_a_worker_is_503(client: TestClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 503
-    assert response.json()["error"]["code"] == "not_ready"
+    assert response.json()["error"]["code"] == "model_unavailable"
+    assert "no worker with a loaded model" in response.json()["error"]["message"]
 
 
 def test_a_real_server_survives_garbage(server: Server) -> None:
-    for body in (b"\x00\xff" * 1000, b'{"imgb64s": [1, 2, 3]}', b'{"imgb64s": ["' + b"A" * 100_000 + b'"]}'):
-        response = httpx.post(
-            f"{server.url}/captionImage", content=body, headers={"content-type": "application/json"}, timeout=30
-        )
-        assert 400 <= response.status_code < 500
-        assert "error" in response.json()
+    garbage = (b"\x00\xff" * 1000, b'{"imgb64s": [1, 2, 3]}', b'{"imgb64s": ["' + b"A" * 100_000 + b'"]}', DEEP)
+    for path in ("/captionImage", "/v1/jobs", "/v1/captions", "/v1/hf"):
+        for body in garbage:
+            response = httpx.post(f"{server.url}{path}", content=body, headers=JSON, timeout=30)
+            assert 400 <= response.status_code < 500, (path, response.text)
+            assert "error" in response.json()
     assert httpx.get(f"{server.url}/readyz").status_code == 200
+    assert "Traceback" not in server.log_path.read_text()

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from blipq import __version__
 from blipq.api.auth import ApiKeys, RateLimiter
@@ -40,11 +41,17 @@ def create_app(settings: Settings, queue: JobQueue, *, on_shutdown: Callable[[],
         if on_shutdown is not None:
             await anyio.to_thread.run_sync(on_shutdown)
 
-    app = FastAPI(
+    # The docs pages load Swagger UI and ReDoc from files in the fastapi-offline package, not from a
+    # CDN, so /docs works on a machine without internet access.
+    app = FastAPIOffline(
         title="blipq",
         version=__version__,
         summary="Image captioning with Salesforce BLIP: a durable queue, batching workers, blocking and async APIs.",
         lifespan=lifespan,
+        # A JSON body sent without a Content-Type is read as JSON (other types get 415).
+        strict_content_type=False,
+        # Swagger UI would otherwise ask validator.swagger.io for a badge.
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.service = Service(
         queue=queue,

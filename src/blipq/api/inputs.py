@@ -49,7 +49,7 @@ def from_url(url: str, index: int) -> ImageInput:
     if len(cleaned) > MAX_URL_LENGTH:
         raise InvalidInput(f"image {index}: the URL is {len(cleaned)} characters; the limit is {MAX_URL_LENGTH}")
     if not is_url(cleaned):
-        raise InvalidInput(f"image {index}: {url[:200]!r} is not an {' or '.join(ALLOWED_SCHEMES)} URL")
+        raise InvalidInput(f"image {index}: {url[:200]!r} is not an {' or '.join(ALLOWED_SCHEMES)} URL with a host")
     return ImageInput(url=cleaned)
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from blipq.api.error_codes import describe_status
 from blipq.jobs import CaptionOptions, ImageOutcome, Job, JobStatus
 
 
@@ -64,8 +65,8 @@ class JobRequest(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
-    message: str
+    code: str = Field(description="Machine-readable; the codes of each HTTP status are listed with that status.")
+    message: str = Field(description="For people: what was wrong, naming the image by its index and the limit.")
 
 
 class ErrorResponse(BaseModel):
@@ -73,10 +74,13 @@ class ErrorResponse(BaseModel):
     id: str | None = Field(None, description="The job id, when the error concerns an accepted job (504).")
 
 
-#: What any job route may answer besides success (documented in the OpenAPI schema; the schema tests hold us to it).
-JOB_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 429)
-}
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for these error statuses, each described by its codes from the one mapping."""
+    return {status: {"model": ErrorResponse, "description": describe_status(status)} for status in statuses}
+
+
+#: What any job route may answer besides success (the schema tests hold the routes to it).
+JOB_ROUTE_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 503)
 
 
 class ImageView(BaseModel):
@@ -115,6 +119,13 @@ class JobView(BaseModel):
 class JobList(BaseModel):
     jobs: list[JobView]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
+
+
+class HuggingFaceRequest(BaseModel):
+    """Hugging Face Inference's JSON form of an image-to-text request."""
+
+    inputs: str = Field(description="The image as base64.")
+    parameters: dict[str, Any] | None = Field(None, description="Not supported: use POST /v1/captions for options.")
 
 
 class GeneratedText(BaseModel):

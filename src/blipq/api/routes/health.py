@@ -6,8 +6,9 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from blipq.api.deps import ServiceDep
-from blipq.api.errors import error_response
-from blipq.errors import BlipqError
+from blipq.api.errors import response_for
+from blipq.api.schemas import error_responses
+from blipq.errors import BlipqError, ModelUnavailable
 
 router = APIRouter(tags=["operations"])
 
@@ -21,16 +22,17 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get("/readyz", response_model=None, responses=error_responses(503))
 def readyz(service: ServiceDep) -> dict[str, object] | Response:
     """The queue answers and a worker with a loaded model was seen recently."""
     try:
         depth = service.queue.depth()
         workers = service.queue.workers(max_age_s=WORKER_FRESHNESS_S)
     except BlipqError as exc:
-        return error_response(503, "not_ready", f"queue unreachable: {exc.message}")
+        return response_for(exc)
     if not workers:
-        return error_response(503, "not_ready", f"no worker seen in the last {WORKER_FRESHNESS_S:g} s")
+        missing = ModelUnavailable(f"no worker with a loaded model seen in the last {WORKER_FRESHNESS_S:g} s")
+        return response_for(missing)
     return {"status": "ready", "queue_depth": depth, "workers": [w.worker_id for w in workers]}
 
 

@@ -11,11 +11,11 @@ from blipq.api.deps import ServiceDep
 from blipq.api.inputs import check_count, from_base64, from_url
 from blipq.api.schemas import (
     JOB_ROUTE_ERRORS,
-    ErrorResponse,
     SeedFinished,
     SeedRequest,
     SeedResult,
     SeedStarted,
+    error_responses,
     seed_captions,
 )
 from blipq.api.service import Service
@@ -58,7 +58,7 @@ def finished_jobs(
     return [SeedResult(id=job.id, result=seed_captions(job)) for job in jobs]
 
 
-@router.post("/captionImageBlocking", response_model=SeedFinished, responses={504: {"model": ErrorResponse}})
+@router.post("/captionImageBlocking", response_model=SeedFinished, responses=error_responses(504))
 def caption_blocking(body: SeedRequest, service: ServiceDep, caller: CallerDep) -> SeedFinished:
     """Queue a job and answer when it is finished (504 with the job id after the blocking timeout)."""
     job_id = service.submit(_inputs(body, service), CaptionOptions(), caller)

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import hashlib
-import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from blipq.api.auth import Caller, CallerDep
 from blipq.api.deps import ServiceDep
 from blipq.api.inputs import check_count, from_base64, from_bytes, from_url
-from blipq.api.schemas import JOB_ROUTE_ERRORS, ErrorResponse, GeneratedText, JobList, JobRequest, JobView
+from blipq.api.json_body import is_json, read_json, unsupported, validate
+from blipq.api.schemas import (
+    JOB_ROUTE_ERRORS,
+    GeneratedText,
+    HuggingFaceRequest,
+    JobList,
+    JobRequest,
+    JobView,
+    error_responses,
+)
 from blipq.api.service import Service
 from blipq.errors import ImageFailed, InputTooLarge, InvalidInput, InvalidOptions
 from blipq.images import ImagePolicy
@@ -93,7 +100,7 @@ def cancel_job(job_id: str, service: ServiceDep, caller: CallerDep) -> JobView:
 @router.post(
     "/captions",
     response_model=JobView,
-    responses={504: {"model": ErrorResponse}},
+    responses=error_responses(504),
     openapi_extra={
         "requestBody": {
             "content": {
@@ -116,11 +123,14 @@ def cancel_job(job_id: str, service: ServiceDep, caller: CallerDep) -> JobView:
 )
 async def caption_now(request: Request, service: ServiceDep, caller: CallerDep) -> JobView:
     """Caption synchronously: a JSON body like POST /v1/jobs, or multipart file uploads."""
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
         images, options = await _multipart(request, service)
-    else:
-        body = _parse(JobRequest, await request.body())
+    elif is_json(content_type):
+        body = validate(JobRequest, read_json(await request.body()))
         images, options = _job_inputs(body, service), body.options
+    else:
+        raise unsupported(content_type, "JSON (Content-Type: application/json) or multipart/form-data uploads")
     job = await run_in_threadpool(_submit_and_wait, service, images, options, caller)
     return JobView.of(job)
 
@@ -128,7 +138,7 @@ async def caption_now(request: Request, service: ServiceDep, caller: CallerDep) 
 @router.post(
     "/hf",
     response_model=list[GeneratedText],
-    responses={504: {"model": ErrorResponse}},
+    responses=error_responses(504),
     openapi_extra={
         "requestBody": {
             "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
@@ -140,12 +150,10 @@ async def hugging_face_image_to_text(request: Request, service: ServiceDep, call
     """Hugging Face Inference compatible: raw image bytes in (or JSON {"inputs": base64}), generated text out."""
     body = await request.body()
     if request.headers.get("content-type", "").startswith("application/json"):
-        payload = _parse_json(body)
-        if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), str):
-            raise InvalidInput('a JSON body must be {"inputs": "<base64 image>"}')
-        if payload.get("parameters"):
+        payload = validate(HuggingFaceRequest, read_json(body))
+        if payload.parameters:
             raise InvalidOptions("parameters are not supported here; use POST /v1/captions for options")
-        image = from_base64(payload["inputs"], 0, service.image_policy)
+        image = from_base64(payload.inputs, 0, service.image_policy)
     else:
         image = from_bytes(body, 0, service.image_policy)
     job = await run_in_threadpool(_submit_and_wait, service, [image], CaptionOptions(), caller)
@@ -179,22 +187,4 @@ async def _multipart(request: Request, service: Service) -> tuple[list[ImageInpu
         return images, CaptionOptions()
     if not isinstance(raw_options, str):
         raise InvalidInput("the options form field must be JSON text")
-    return images, _parse(CaptionOptions, raw_options.encode())
-
-
-def _parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
-
-
-Model = TypeVar("Model", JobRequest, CaptionOptions)
-
-
-def _parse(model: type[Model], body: bytes) -> Model:
-    try:
-        return model.model_validate(_parse_json(body))
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(problems) from None
+    return images, validate(CaptionOptions, read_json(raw_options.encode()))
