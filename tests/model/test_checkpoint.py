@@ -18,6 +18,7 @@ from blipq.model.checkpoint import cache_path, resolve_checkpoint, share_readabl
 from blipq.model.engine import CaptionEngine
 from blipq.model.synthetic import write_test_checkpoint
 from tests.helpers import varied_images
+from tests.model.hub_server import HubServer
 
 
 def test_a_local_directory_is_used_as_it_is(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -136,3 +137,23 @@ def test_a_staging_folder_gets_ordinary_modes_and_a_strict_umask_is_kept(tmp_pat
     os.umask(0o077)
     share_readably(staging)
     assert {mode for _, mode in _modes(staging)} == {0o700, 0o600}
+
+
+def test_a_download_is_complete_loadable_and_readable_by_other_users(
+    tiny_checkpoint: Path, tmp_path: Path, umask_022: None
+) -> None:
+    """`blipq download` through the real hub client, from a loopback server answering the hub's API."""
+    hub_id = "Salesforce/blip-image-captioning-base"
+    with HubServer(hub_id, tiny_checkpoint) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+        env.pop("HF_HUB_OFFLINE", None)
+        result = subprocess.run(
+            [sys.executable, "-m", "blipq", "download", hub_id, "--checkpoints-dir", str(tmp_path)],
+            capture_output=True, text=True, env=env, timeout=120, check=False,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    target = cache_path(hub_id, tmp_path)
+    assert resolve_checkpoint(hub_id, tmp_path, download=False) == target
+    assert {mode for _, mode in _modes(tmp_path / "Salesforce")} == {0o755, 0o644}
+    assert ("model.safetensors", 0o644) in _modes(target)
+    CaptionEngine.load(target, device="cpu", dtype="fp32")
