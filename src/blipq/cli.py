@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -142,8 +143,6 @@ def caption(
 
 def _check_output_file(out: Path) -> None:
     """Refuse an output path that cannot be written before the model is loaded, in one line."""
-    import os
-
     if out.is_dir():
         _fail(f"--out {out} is a directory; give a file name, e.g. {out / 'captions.jsonl'}", code=2)
     folder = out.parent
