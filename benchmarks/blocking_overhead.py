@@ -1,9 +1,9 @@
 """What a blocking route adds on top of the job's own time.
 
-Starts a real `blipq serve` (uvicorn + SQLite + one worker) on a free loopback port, sends
+Starts a real `blipq serve` (embedded: uvicorn + SQLite + the model on threads) on a free loopback port, sends
 single-image POST /captionImageBlocking requests one after another, and for each compares the
-client's round trip with the job's own time (finished_at - created_at, recorded by the queue).
-The difference is the cost of the blocking route: HTTP, validation, enqueue, waking the
+client's round trip with the job's own time (finished_at - created_at, recorded by the store).
+The difference is the cost of the blocking route: HTTP, validation, storing, waking the
 waiting request, and the response.
 
     python -m benchmarks.blocking_overhead --requests 200
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from blipq.model.synthetic import write_test_checkpoint
+from engine_build.synthetic import write_test_checkpoint
 from tests.helpers import drawing, encode
 from tests.server import Server
 

@@ -74,7 +74,7 @@ def make_inputs(count: int) -> list[Path]:
 
 
 def checkpoint(size: str) -> Path:
-    from blipq.model.synthetic import write_test_checkpoint
+    from engine_build.synthetic import write_test_checkpoint
 
     path = CACHE / f"blip-{size}"
     if not (path / "model.safetensors").exists():
@@ -119,10 +119,10 @@ def run_reference(model_dir: Path, paths: list[Path], batch: int, dtype: str, de
 
 
 def run_engine(model_dir: Path, paths: list[Path], batch: int, dtype: str, device: str, tokens: int) -> Result:
-    from blipq.images import ImagePolicy
-    from blipq.jobs import CaptionOptions
-    from blipq.model.engine import CaptionEngine
-    from blipq.pipeline import caption_sources
+    from contract.images import ImagePolicy
+    from contract.options import CaptionOptions
+    from inference.engine import CaptionEngine
+    from inference.offline import caption_sources
 
     engine = CaptionEngine.load(model_dir, device=device, dtype=dtype)
     length = engine.prompt_length(PROMPT) + tokens
@@ -151,11 +151,11 @@ def run_http(model_dir: Path, paths: list[Path], batch: int, dtype: str, device:
     from tests.server import Server
 
     scratch = CACHE / "http"
-    server = Server(model_dir, scratch, "--max-batch", str(batch), "--dtype", dtype, lease_s=600)
+    server = Server(model_dir, scratch, "--max-batch", str(batch), "--dtype", dtype)
     server.command[server.command.index("--device") + 1] = device
     server.start(timeout_s=600)
     try:
-        from blipq.model.engine import CaptionEngine
+        from inference.engine import CaptionEngine
 
         length = CaptionEngine.load(model_dir, device="cpu").prompt_length(PROMPT) + tokens
         options = {"num_beams": BEAMS, "max_length": length, "min_length": length}
@@ -193,7 +193,7 @@ def run_http(model_dir: Path, paths: list[Path], batch: int, dtype: str, device:
 
 
 def _decode(blob: bytes):  # type: ignore[no-untyped-def]
-    from blipq.images import decode_image
+    from inference.decode import decode_image
 
     return decode_image(blob)
 
@@ -265,7 +265,7 @@ def main() -> None:
     paths = make_inputs(args.images)
     model_dir = checkpoint(args.size)
     if args.one:
-        from blipq.model.engine import quiet_transformers
+        from inference.engine import quiet_transformers
 
         quiet_transformers()
         result = CONTENDERS[args.one](model_dir, paths, args.batch, args.dtype, args.device, args.tokens)

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from blipq.model.engine import CaptionEngine, quiet_transformers
-from blipq.model.synthetic import write_test_checkpoint
-from tests.redis_server import RedisServer
+from engine_build.synthetic import write_test_checkpoint
+from inference.engine import CaptionEngine, quiet_transformers
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +40,3 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 class QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server started for this test session (fails, not skips, if it is not installed)."""
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server.url
-    server.stop()

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import io
 import struct
-import threading
 import zlib
 
 import numpy as np
 from PIL import Image, ImageDraw
-
-from blipq.worker import Worker
 
 
 def encode(image: Image.Image, fmt: str, **save_args: object) -> bytes:
@@ -67,21 +64,3 @@ def png_declaring(width: int, height: int) -> bytes:
     body = bytes(data[ihdr_start - 4 : ihdr_start + 13])
     data[ihdr_start + 13 : ihdr_start + 17] = struct.pack(">I", zlib.crc32(body))
     return bytes(data)
-
-
-class RunningWorker:
-    """A real Worker on its own thread for the duration of a `with` block; it drains before the block ends."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=worker.run, args=(self.stop,))
-
-    def __enter__(self) -> Worker:
-        self.thread.start()
-        return self.worker
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(60)
-        assert not self.thread.is_alive()

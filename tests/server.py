@@ -28,9 +28,6 @@ class Server:
         model: Path,
         data_dir: Path,
         *extra: str,
-        workers: int = 1,
-        lease_s: float = 3.0,
-        queue: str | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
@@ -40,14 +37,13 @@ class Server:
         self.log_path = data_dir / f"serve-{self.port}.log"
         self.command = [
             sys.executable, "-m", "blipq", "serve", "--port", str(self.port), "--model", str(model),
-            "--queue", queue or f"sqlite:///{data_dir}/queue.db", "--workers", str(workers), "--lease-s", str(lease_s),
-            "--device", "cpu", *extra,
+            "--store", f"sqlite:///{data_dir}/store.db", "--device", "cpu", *extra,
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *, ready: bool = True, timeout_s: float = 120) -> Server:
         log = self.log_path.open("ab")
-        # Its own session, so the whole tree (server + workers) can be killed at once.
+        # Its own session, so the whole tree can be killed at once.
         self.process = subprocess.Popen(self.command, stdout=log, stderr=log, env=self.env, start_new_session=True)
         path = "/readyz" if ready else "/healthz"
         deadline = time.monotonic() + timeout_s
@@ -62,14 +58,8 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"blipq serve not ready after {timeout_s} s:\n{self.log_path.read_text()[-3000:]}")
 
-    def worker_pids(self) -> list[int]:
-        assert self.process is not None
-        # Children are listed per thread; the supervisor threads start the workers.
-        tasks = Path(f"/proc/{self.process.pid}/task")
-        return sorted(int(pid) for task in tasks.iterdir() for pid in (task / "children").read_text().split())
-
-    def kill_everything(self) -> None:
-        """SIGKILL the server and its workers together, like a machine losing power."""
+    def kill(self) -> None:
+        """SIGKILL the server, like a machine losing power."""
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
@@ -83,41 +73,6 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-
-
-class WorkerProcess:
-    """A standalone `blipq worker` subprocess."""
-
-    def __init__(self, model: Path, queue: str, log_path: Path, *extra: str, lease_s: float = 3.0) -> None:
-        self.command = [
-            sys.executable, "-m", "blipq", "worker", "--queue", queue, "--model", str(model), "--device", "cpu",
-            "--lease-s", str(lease_s), *extra,
-        ]  # fmt: skip
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> WorkerProcess:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.command, stdout=log, stderr=log, start_new_session=True)
-        return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.alive():
-            assert self.process is not None
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 120) -> None:

@@ -1,0 +1,350 @@
+"""The `blipq` command: parses arguments into settings and delegates; owns logging setup.
+
+The only code that imports both the gateway and the inference side (heavy imports stay inside commands).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from blipq import __version__
+from contract.errors import BlipqError, InvalidOptions
+from contract.options import CaptionOptions
+from contract.settings import SharedSettings
+from gateway.settings import GatewaySettings
+from inference.settings import InferenceSettings
+from inference.writers import OutputFormat
+
+app = typer.Typer(
+    name="blipq",
+    help="Image captioning with Salesforce BLIP: a batching HTTP service and an offline labelling tool.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stderr = Console(stderr=True)
+AnySettings = TypeVar("AnySettings", bound=SharedSettings)
+
+
+def _setting(kind: type[SharedSettings], name: str, flag: str, summary: str, *aliases: str) -> Any:
+    """An option for a settings field: left out, the field's environment variable or default applies,
+    and the help says both (read from the settings class, so it stays true)."""
+    default = kind.model_fields[name].default
+    # "\[" keeps rich from taking the brackets for markup.
+    help_text = f"{summary} \\[env BLIPQ_{name.upper()}; default: {default}]"
+    return typer.Option(flag, *aliases, help=help_text, show_default=False)
+
+
+def _generation(name: str, summary: str) -> Any:
+    """An option for a `CaptionOptions` field, its default read from there."""
+    default = CaptionOptions.model_fields[name].default
+    return typer.Option(f"--{name.replace('_', '-')}", help=f"{summary} \\[default: {default!r}]", show_default=False)
+
+
+ModelOpt = Annotated[str | None, _setting(InferenceSettings, "model", "--model", "Checkpoint directory or hub id.")]
+CheckpointsOpt = Annotated[
+    Path | None,
+    _setting(InferenceSettings, "checkpoints_dir", "--checkpoints-dir", "Where hub checkpoints are stored."),
+]
+DeviceOpt = Annotated[str | None, _setting(InferenceSettings, "device", "--device", "auto, cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[str | None, _setting(InferenceSettings, "dtype", "--dtype", "auto, fp32, fp16 or bf16.")]
+MaxBatchOpt = Annotated[int | None, _setting(InferenceSettings, "max_batch", "--max-batch", "Images per model call.")]
+
+
+def _settings(kind: type[AnySettings], **overrides: Any) -> AnySettings:
+    """Flags override `BLIPQ_*` environment variables, which override defaults."""
+    try:
+        return kind(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors())
+        _fail(f"invalid configuration: {problems}", code=2)
+
+
+def _fail(message: str, *, code: int = 1) -> NoReturn:
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"blipq {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    _configure_logging(verbose)
+
+
+@app.command()
+def caption(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or http(s) URLs.", show_default=False)],
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")] = False,
+    output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = "jsonl",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write rows to this file instead of stdout ('-' is stdout).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, _setting(InferenceSettings, "max_batch", "--batch-size", "Images per model call.", "-b")
+    ] = None,
+    model: ModelOpt = None,
+    checkpoints_dir: CheckpointsOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    num_beams: Annotated[int | None, _generation("num_beams", "Beam width; 1 = greedy.")] = None,
+    max_length: Annotated[int | None, _generation("max_length", "Max tokens, prompt included.")] = None,
+    min_length: Annotated[int | None, _generation("min_length", "Min tokens, prompt included.")] = None,
+    prompt: Annotated[str | None, _generation("prompt", "Caption prefix, removed from the output.")] = None,
+    repetition_penalty: Annotated[float | None, _generation("repetition_penalty", "1.0 = none.")] = None,
+    decode_threads: Annotated[int, typer.Option(help="Threads decoding images ahead of the model.")] = 2,
+) -> None:
+    """Caption image files, folders and URLs; one output row per image (path, caption or error)."""
+    from inference.sources import expand_inputs
+
+    settings = _settings(
+        InferenceSettings,
+        model=model,
+        checkpoints_dir=checkpoints_dir,
+        device=device,
+        dtype=dtype,
+        max_batch=batch_size,
+    )
+    try:
+        options = CaptionOptions.build(
+            num_beams=num_beams,
+            max_length=max_length,
+            min_length=min_length,
+            prompt=prompt,
+            repetition_penalty=repetition_penalty,
+        )
+    except BlipqError as exc:
+        _fail(exc.message, code=2)
+    out = None if out == Path("-") else out
+    if out is not None:
+        _check_output_file(out)
+    sources = expand_inputs(inputs, recursive=recursive)
+    if not sources:
+        _fail("no images found in the given paths (folders are scanned for .jpg .png .webp .gif .bmp .tif)")
+    try:
+        failed = _caption_to_output(settings, options, sources, output_format, out, decode_threads)
+    except BlipqError as exc:
+        _fail(exc.message, code=2 if isinstance(exc, InvalidOptions) else 1)
+    if failed == len(sources):
+        _fail(f"no image was captioned: all {failed} failed (the reasons are above)")
+    stderr.print(f"captioned {len(sources) - failed} of {len(sources)} images; {failed} failed", highlight=False)
+
+
+def _check_output_file(out: Path) -> None:
+    """Refuse an output path that cannot be written before the model is loaded, in one line."""
+    if out.is_dir():
+        _fail(f"--out {out} is a directory; give a file name, e.g. {out / 'captions.jsonl'}", code=2)
+    folder = out.parent
+    if not folder.is_dir():
+        _fail(f"--out {out}: the folder {folder} does not exist", code=2)
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        _fail(f"--out {out}: permission denied", code=2)
+
+
+def _caption_to_output(
+    settings: InferenceSettings,
+    options: CaptionOptions,
+    sources: list[str],
+    output_format: OutputFormat,
+    out: Path | None,
+    decode_threads: int,
+) -> int:
+    from functools import partial
+
+    from contract.images import ImagePolicy
+    from engine_build.checkpoint import resolve_checkpoint
+    from inference.engine import CaptionEngine, quiet_transformers
+    from inference.fetch import FetchPolicy
+    from inference.offline import caption_sources
+    from inference.sources import read_source
+    from inference.writers import open_writer
+
+    quiet_transformers()
+    checkpoint = resolve_checkpoint(settings.model, settings.checkpoints_dir)
+    with stderr.status(f"loading {checkpoint}"):
+        engine = CaptionEngine.load(checkpoint, device=settings.device, dtype=settings.dtype)
+    engine.check_options(options)
+    # The command line fetches the user's own URLs: private and loopback addresses are fine here.
+    fetch = FetchPolicy(timeout_s=settings.fetch_timeout_s, max_bytes=settings.max_fetch_bytes, public_only=False)
+    read = partial(read_source, fetch=fetch)
+    failed = 0
+    with ExitStack() as stack:
+        stream = stack.enter_context(out.open("w", encoding="utf-8", newline="")) if out else sys.stdout
+        writer = open_writer(output_format, stream)
+        progress = stack.enter_context(
+            Progress(
+                TextColumn("captioning"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=stderr,
+                transient=False,
+            )
+        )
+        task = progress.add_task("captioning", total=len(sources))
+        rows = caption_sources(
+            engine,
+            sources,
+            options,
+            read=read,
+            policy=ImagePolicy.of(settings, limit_bytes=False),
+            batch_size=settings.max_batch,
+            decode_threads=decode_threads,
+        )
+        for row in rows:
+            writer.write(row)
+            if row.error:
+                failed += 1
+                progress.console.print(f"[yellow]skipped[/] {row.source}: {row.error.message}", highlight=False)
+            progress.advance(task)
+    return failed
+
+
+@app.command("test-model")
+def write_test_model(
+    directory: Annotated[Path, typer.Argument(help="Where to write the checkpoint.", show_default=False)],
+    size: Annotated[str, typer.Option(help="tiny (fast, for tests), base or large (Salesforce shapes).")] = "tiny",
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same weights.")] = 0,
+) -> None:
+    """Write a real BLIP checkpoint with random weights (for tests and benchmarks, not for real captions)."""
+    from engine_build.synthetic import SHAPES, write_test_checkpoint
+    from inference.engine import quiet_transformers
+
+    if size not in SHAPES:
+        _fail(f"--size must be one of {', '.join(SHAPES)} (got {size!r})", code=2)
+    quiet_transformers()
+    with stderr.status(f"writing a random {size} BLIP checkpoint"):
+        write_test_checkpoint(directory, size=size, seed=seed)  # type: ignore[arg-type]
+    stderr.print(f"wrote a random-weight {size} BLIP checkpoint to {directory}", highlight=False)
+
+
+@app.command()
+def download(
+    model: Annotated[str, typer.Argument(help="Hugging Face hub id.")] = "Salesforce/blip-image-captioning-large",
+    checkpoints_dir: CheckpointsOpt = None,
+) -> None:
+    """Download a hub checkpoint into the checkpoints directory (once; later runs read it from disk)."""
+    from engine_build.checkpoint import resolve_checkpoint
+
+    settings = _settings(InferenceSettings, model=model, checkpoints_dir=checkpoints_dir)
+    try:
+        path = resolve_checkpoint(settings.model, settings.checkpoints_dir)
+    except BlipqError as exc:
+        _fail(exc.message)
+    stderr.print(f"checkpoint ready in {path}", highlight=False)
+
+
+BrokerOpt = Annotated[
+    str | None,
+    _setting(GatewaySettings, "broker_url", "--broker", "RabbitMQ URL; unset = embedded mode, all in this process."),
+]
+BatchWaitOpt = Annotated[
+    int | None, _setting(InferenceSettings, "batch_wait_ms", "--batch-wait-ms", "Milliseconds to fill a batch.")
+]
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, _setting(GatewaySettings, "host", "--host", "Listen address.")] = None,
+    port: Annotated[int | None, _setting(GatewaySettings, "port", "--port", "Listen port.")] = None,
+    store: Annotated[
+        str | None, _setting(GatewaySettings, "store", "--store", "Result store: sqlite:///path/to/file.db.")
+    ] = None,
+    broker: BrokerOpt = None,
+    model: ModelOpt = None,
+    checkpoints_dir: CheckpointsOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    max_batch: MaxBatchOpt = None,
+    batch_wait_ms: BatchWaitOpt = None,
+) -> None:
+    """Run the HTTP gateway. With no --broker (embedded mode) the model runs in this process too."""
+    gateway = _settings(GatewaySettings, host=host, port=port, store=store, broker_url=broker)
+    inference = _settings(
+        InferenceSettings, model=model, checkpoints_dir=checkpoints_dir, device=device, dtype=dtype,
+        max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+    )  # fmt: skip
+    _refuse_broker(gateway.broker_url)
+    from blipq.serving import run_embedded
+
+    try:
+        run_embedded(gateway, inference)
+    except BlipqError as exc:
+        _fail(exc.message)
+
+
+@app.command()
+def worker(
+    broker: BrokerOpt = None,
+    model: ModelOpt = None,
+    checkpoints_dir: CheckpointsOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    max_batch: MaxBatchOpt = None,
+    batch_wait_ms: BatchWaitOpt = None,
+) -> None:
+    """Run one inference worker consuming jobs from RabbitMQ (one per GPU)."""
+    settings = _settings(GatewaySettings, broker_url=broker)
+    _settings(
+        InferenceSettings, model=model, checkpoints_dir=checkpoints_dir, device=device, dtype=dtype,
+        max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+    )  # fmt: skip
+    if settings.broker_url is None:
+        _fail("blipq worker consumes jobs from RabbitMQ: give --broker amqp://user:pass@host:5672/vhost", code=2)
+    _refuse_broker(settings.broker_url)
+
+
+def _refuse_broker(url: str | None) -> None:
+    if url is not None:
+        _fail(
+            "RabbitMQ transport is not available in this version; run `blipq serve` without --broker "
+            "(and without BLIPQ_BROKER_URL) for the embedded mode",
+            code=2,
+        )
+
+
+@app.command()
+def healthcheck(
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Default: http://127.0.0.1:<BLIPQ_PORT>/healthz, the server on this machine."),
+    ] = None,
+    timeout_s: Annotated[float, typer.Option("--timeout-s", help="Seconds to wait for the answer.")] = 3.0,
+) -> None:
+    """Exit 0 when the server answers /healthz with 200, else 1 (for container health checks)."""
+    import httpx
+
+    target = url or f"http://127.0.0.1:{_settings(GatewaySettings).port}/healthz"
+    try:
+        status = httpx.get(target, timeout=timeout_s).status_code
+    except httpx.HTTPError as exc:
+        _fail(f"{target}: {type(exc).__name__}: {exc}")
+    if status != 200:
+        _fail(f"{target} answered HTTP {status}")

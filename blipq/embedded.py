@@ -1,0 +1,54 @@
+"""The embedded mode's transport: the gateway's jobs go straight to a batcher on threads of this process.
+
+Nothing survives the process here, so the gateway dispatches its store's unfinished jobs again
+when it starts (`replays_unfinished`).
+"""
+
+from __future__ import annotations
+
+import anyio.to_thread
+
+from contract.errors import ModelUnavailable
+from contract.messages import ImageResult
+from gateway.broker import Dispatch, JobFinished, JobStarted, OutcomeHandler
+from inference.batcher import Batcher, BatcherConfig, WorkItem
+from inference.engine import CaptionEngine
+from inference.metrics import InferenceMetrics
+
+
+class InProcessBroker:
+    replays_unfinished = True
+
+    def __init__(self, engine: CaptionEngine, config: BatcherConfig, *, model: str, metrics: InferenceMetrics) -> None:
+        self.model = model
+        self.device = str(engine.device)
+        self.batcher = Batcher(engine, config, on_start=self.started, on_done=self.done, metrics=metrics)
+        self._on_outcome: OutcomeHandler | None = None
+
+    async def start(self, on_outcome: OutcomeHandler) -> None:
+        self._on_outcome = on_outcome
+        self.batcher.start()
+
+    async def publish(self, dispatch: Dispatch) -> None:
+        self.submit(dispatch)
+
+    def submit(self, dispatch: Dispatch) -> None:
+        self.batcher.submit(WorkItem(dispatch.job_id, dispatch.images, dispatch.options))
+
+    def readiness(self) -> dict[str, object]:
+        if not self.batcher.alive():
+            raise ModelUnavailable("the model's thread is not running; see the server log")
+        return {"mode": "embedded", "model": self.model, "device": self.device}
+
+    async def stop(self) -> None:
+        await anyio.to_thread.run_sync(self.batcher.stop)
+
+    def started(self, item: WorkItem) -> None:
+        self._deliver(JobStarted(item.key))
+
+    def done(self, item: WorkItem, results: list[ImageResult]) -> None:
+        self._deliver(JobFinished(item.key, results))
+
+    def _deliver(self, outcome: JobStarted | JobFinished) -> None:
+        assert self._on_outcome is not None, "outcomes arrive only after start"
+        self._on_outcome(outcome)

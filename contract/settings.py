@@ -1,0 +1,40 @@
+"""Settings both sides read: `BLIPQ_*` environment variables, overridden by command-line flags."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ImageFormat = Literal["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
+
+#: Lists come from the environment as comma-separated text (`BLIPQ_IMAGE_FORMATS=JPEG,PNG`), not JSON.
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class SharedSettings(BaseSettings):
+    """The image limits, which the gateway checks on arrival and the inference side again before decoding."""
+
+    model_config = SettingsConfigDict(env_prefix="BLIPQ_", frozen=True, extra="forbid")
+
+    max_image_pixels: int = Field(64_000_000, ge=1, description="Larger images are refused before decoding.")
+    max_image_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="Largest single image (decoded base64, upload or raw body)."
+    )
+    image_formats: Annotated[tuple[ImageFormat, ...], NoDecode] = Field(
+        ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"),
+        description="Image formats accepted, comma-separated; others are refused by their magic bytes.",
+    )
+
+    @field_validator("image_formats", mode="before")
+    @classmethod
+    def _format_names(cls, value: object) -> object:
+        parts = split_commas(value)
+        return tuple(str(part).upper() for part in parts) if isinstance(parts, tuple | list) else parts
+
+
+def split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value

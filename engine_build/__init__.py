@@ -1,0 +1,1 @@
+"""Everything made ahead of serving: downloaded weights, random-weight test checkpoints."""

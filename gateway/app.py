@@ -1,0 +1,105 @@
+"""`create_app(settings, store, broker)`: the FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+
+import anyio.to_thread
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+from prometheus_client import CollectorRegistry
+
+from contract.errors import BlipqError
+from gateway.auth import ApiKeys, RateLimiter
+from gateway.body_limit import BodySizeLimit
+from gateway.broker import Broker
+from gateway.errors import install_error_handlers
+from gateway.metrics import GatewayMetrics
+from gateway.routes import health, seed, v1
+from gateway.service import Service
+from gateway.settings import GatewaySettings
+from gateway.store import JobStore
+
+log = logging.getLogger(__name__)
+
+#: Blocking requests each hold a thread while they wait (on a future, not spinning).
+MAX_CONCURRENT_BLOCKING_REQUESTS = 1024
+
+
+def create_app(
+    settings: GatewaySettings,
+    store: JobStore,
+    broker: Broker,
+    *,
+    more_metrics: Sequence[CollectorRegistry] = (),
+) -> FastAPI:
+    """The broker is started with the app and stopped after the server stopped accepting and the requests
+    in flight were answered. `more_metrics` are served by /metrics too (the embedded inference side's)."""
+    service = Service(
+        store=store,
+        broker=broker,
+        settings=settings,
+        metrics=GatewayMetrics(store.pending_images),
+        keys=ApiKeys.from_settings(settings),
+        rate_limiter=RateLimiter(settings.rate_limit) if settings.rate_limit else None,
+    )
+
+    running = 0  # lifespans entered: a test client may nest one inside the server's; the outermost owns the broker
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal running
+        running += 1
+        if running > 1:
+            yield
+            running -= 1
+            return
+        anyio.to_thread.current_default_thread_limiter().total_tokens = MAX_CONCURRENT_BLOCKING_REQUESTS
+        await broker.start(service.record)
+        if broker.replays_unfinished:
+            await service.replay_unfinished()
+        stop = threading.Event()
+        purger = threading.Thread(target=_purge_forever, args=(store, settings, stop), daemon=True)
+        purger.start()
+        yield
+        stop.set()
+        await broker.stop()
+        running -= 1
+
+    # The docs pages load Swagger UI and ReDoc from files in the fastapi-offline package, not from a
+    # CDN, so /docs works on a machine without internet access.
+    app = FastAPIOffline(
+        title="blipq",
+        version=version("blipq"),
+        summary="Image captioning with Salesforce BLIP: blocking and async APIs over a batching inference queue.",
+        lifespan=lifespan,
+        # A JSON body sent without a Content-Type is read as JSON (other types get 415).
+        strict_content_type=False,
+        # Swagger UI would otherwise ask validator.swagger.io for a badge.
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+    app.state.service = service
+    app.state.metrics_registries = [service.metrics.registry, *more_metrics]
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(seed.router)
+    app.include_router(v1.router)
+    app.include_router(health.router)
+    return app
+
+
+def _purge_forever(store: JobStore, settings: GatewaySettings, stop: threading.Event) -> None:
+    """Delete finished jobs past the retention period, checking a few times per period (at most every minute)."""
+    interval = min(60.0, settings.retention_s / 4)
+    while not stop.wait(interval):
+        try:
+            purged = store.purge(settings.retention_s)
+        except BlipqError as exc:
+            log.warning("purge failed: %s", exc.message)
+            continue
+        if purged:
+            log.info("purged %d jobs older than the retention period", purged)

@@ -1,0 +1,66 @@
+"""The seam between the gateway and whatever runs the model: publish jobs, receive their outcomes.
+
+Two transports implement `Broker`: the in-process one of the embedded mode (`blipq serve` with no
+broker) and RabbitMQ. Outcomes come back through the `OutcomeHandler` the gateway passes to
+`start`; they feed the store and wake the requests waiting for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from contract.messages import ErrorInfo, ImageInput, ImageResult
+from contract.options import CaptionOptions
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One job to caption; `job_id` comes back on its outcome (the AMQP correlation id)."""
+
+    job_id: str
+    images: Sequence[ImageInput]
+    options: CaptionOptions
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    """All images done (one result each, in order), or `error` when the job could not be run at all."""
+
+    job_id: str
+    results: Sequence[ImageResult] = ()
+    error: ErrorInfo | None = None
+
+
+Outcome = JobStarted | JobFinished
+
+#: Called from any thread, possibly more than once per job (at-least-once delivery).
+OutcomeHandler = Callable[[Outcome], None]
+
+
+class Broker(Protocol):
+    #: True when the transport keeps nothing across a restart of the gateway's process, so the gateway
+    #: dispatches its unfinished jobs again when it starts (the embedded mode).
+    replays_unfinished: bool
+
+    async def start(self, on_outcome: OutcomeHandler) -> None:
+        """Connect and start delivering outcomes."""
+        ...
+
+    async def publish(self, dispatch: Dispatch) -> None:
+        """Hand a job over; returns once the transport holds it. Raises QueueFull or QueueUnavailable."""
+        ...
+
+    def readiness(self) -> dict[str, object]:
+        """Details for /readyz when jobs can run now; raises QueueUnavailable or ModelUnavailable otherwise."""
+        ...
+
+    async def stop(self) -> None:
+        """Finish the jobs started and disconnect; jobs never started stay unfinished in the store."""
+        ...

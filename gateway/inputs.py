@@ -1,0 +1,60 @@
+"""Request images -> queue inputs, refusing everything that can be refused before queuing.
+
+Each error names the image by its index in the request and the limit it broke.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from contract.errors import BlipqError, InputTooLarge, InvalidInput
+from contract.images import ImagePolicy, check_image
+from contract.messages import ImageInput
+from contract.urls import ALLOWED_SCHEMES, is_url
+
+_DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s+")
+MAX_URL_LENGTH = 2048
+
+
+def from_base64(text: str, index: int, policy: ImagePolicy) -> ImageInput:
+    """Decode one base64 image (a `data:image/...;base64,` prefix and whitespace are tolerated)."""
+    cleaned = _WHITESPACE.sub("", _DATA_URL.sub("", text.strip(), count=1))
+    if policy.max_bytes is not None and len(cleaned) > 4 * -(-policy.max_bytes // 3):
+        raise InputTooLarge(
+            f"image {index}: {len(cleaned)} base64 characters encode more than the max_image_bytes limit "
+            f"of {policy.max_bytes} bytes"
+        )
+    try:
+        data = base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"image {index}: not valid base64 ({len(text)} characters)") from None
+    return from_bytes(data, index, policy)
+
+
+def from_bytes(data: bytes, index: int, policy: ImagePolicy) -> ImageInput:
+    """Format, byte and pixel limits are checked from the header now; full decoding happens in the worker."""
+    try:
+        check_image(data, policy)
+    except BlipqError as exc:
+        exc.message = f"image {index}: {exc.message}"
+        raise
+    return ImageInput(data=data)
+
+
+def from_url(url: str, index: int) -> ImageInput:
+    cleaned = url.strip()
+    if len(cleaned) > MAX_URL_LENGTH:
+        raise InvalidInput(f"image {index}: the URL is {len(cleaned)} characters; the limit is {MAX_URL_LENGTH}")
+    if not is_url(cleaned):
+        raise InvalidInput(f"image {index}: {url[:200]!r} is not an {' or '.join(ALLOWED_SCHEMES)} URL with a host")
+    return ImageInput(url=cleaned)
+
+
+def check_count(count: int, limit: int) -> None:
+    if count == 0:
+        raise InvalidInput("no images given")
+    if count > limit:
+        raise InputTooLarge(f"{count} images in one request; the max_images_per_job limit is {limit}")

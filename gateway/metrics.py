@@ -1,0 +1,37 @@
+"""The gateway's Prometheus metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from contract.errors import BlipqError
+
+
+class GatewayMetrics:
+    def __init__(self, pending_images: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        self.jobs = Counter("blipq_jobs_created", "Jobs accepted.", registry=self.registry)
+        self.images = Counter("blipq_images_enqueued", "Images accepted.", registry=self.registry)
+        self.waits = Histogram(
+            "blipq_blocking_wait_seconds", "Time blocking requests waited for their job.", registry=self.registry
+        )
+        self.timeouts = Counter("blipq_blocking_timeouts", "Blocking requests answered 504.", registry=self.registry)
+        self.refused = Counter(
+            "blipq_jobs_refused_queue_full", "Jobs answered 429 because the queue was full.", registry=self.registry
+        )
+        self.outcomes = Counter(
+            "blipq_job_outcomes", "Job outcomes received, by whether they were the first.", ["first"],
+            registry=self.registry,
+        )  # fmt: skip
+        depth = Gauge("blipq_queue_depth", "Images queued or being captioned.", registry=self.registry)
+
+        def current_depth() -> float:
+            try:
+                return float(pending_images())
+            except BlipqError:
+                return math.nan  # the store is unreadable; /readyz says so
+
+        depth.set_function(current_depth)

@@ -1,0 +1,36 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from contract.errors import BlipqError
+from gateway.deps import ServiceDep
+from gateway.errors import response_for
+from gateway.schemas import error_responses
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=None, responses=error_responses(503))
+def readyz(service: ServiceDep) -> dict[str, object] | Response:
+    """The store answers and the broker can run jobs now (embedded: the model is loaded and its thread alive)."""
+    try:
+        depth = service.store.pending_images()
+        details = service.broker.readiness()
+    except BlipqError as exc:
+        return response_for(exc)
+    return {"status": "ready", "queue_depth": depth, **details}
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    registries: list[CollectorRegistry] = request.app.state.metrics_registries
+    return Response(b"".join(generate_latest(registry) for registry in registries), media_type=CONTENT_TYPE_LATEST)

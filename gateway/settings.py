@@ -1,0 +1,65 @@
+"""What the gateway is configured with: where it listens, its store and broker, limits and API keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
+from contract.settings import SharedSettings, split_commas
+
+
+class GatewaySettings(SharedSettings):
+    host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the HTTP API listens on.")
+    store: str = Field(
+        "sqlite:///./data/blipq.db",
+        description="The result store: jobs, per-image outcomes, idempotency keys and unfinished requests.",
+    )
+    broker_url: str | None = Field(
+        None, description="RabbitMQ URL (amqp:// or amqps://); unset = embedded mode, everything in one process."
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=100, description="Embedded mode: a job dispatched this many times without finishing is failed."
+    )
+    blocking_timeout_s: float = Field(60.0, gt=0, description="Blocking routes answer 504 after this.")
+    retention_s: float = Field(24 * 3600.0, gt=0, description="Finished jobs are purged after this.")
+    max_images_per_job: int = Field(256, ge=1, description="Images one request may carry.")
+    max_body_bytes: int = Field(
+        100 * 1024 * 1024, ge=1, description="Largest request body, counted as it arrives (not from Content-Length)."
+    )
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (), description="Comma-separated API keys; when set (or api_keys_file), every job route needs one."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File of API keys, one per line, plain or as sha256:<hex>; # starts a comment."
+    )
+    max_queue_depth: int = Field(
+        100_000, ge=0, description="New jobs get 429 while this many images are queued or running; 0 = no limit."
+    )
+    rate_limit: str | None = Field(
+        None, description='Requests per API key (or client address) per gateway process, e.g. "600/minute".'
+    )
+    shutdown_timeout_s: int = Field(
+        30, ge=0, description="On SIGTERM, how long the gateway waits for in-flight requests before closing them."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return split_commas(value)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from limits import parse  # a small import, only when a limit is configured
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f'{value!r} is not a rate like "600/minute" or "10/second"') from None
+        return value

@@ -1,0 +1,186 @@
+"""CaptionEngine: a batch of decoded images + CaptionOptions -> captions, on transformers' BLIP."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import BlipForConditionalGeneration, BlipProcessor
+
+from contract.errors import BlipqError, InvalidOptions, ModelFailed, ModelUnavailable
+from contract.options import CaptionOptions
+from inference.device import resolve_device, resolve_dtype
+from inference.speedups import prefilled_cache, use_sdpa_in_vision_encoder
+
+log = logging.getLogger(__name__)
+
+
+class CaptionEngine:
+    """Runs BLIP caption generation exactly as `BlipForConditionalGeneration.generate` does.
+
+    Pre-processing (`prepare`) is separate from generation so callers can run it on a thread
+    pool while the previous batch is on the model. Every image of one `generate` call shares
+    the same options; the prompt is identical, so no padding is involved and batching does
+    not change the result.
+    """
+
+    def __init__(
+        self,
+        model: BlipForConditionalGeneration,
+        processor: BlipProcessor,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.model = model.to(device=device, dtype=dtype).eval()
+        use_sdpa_in_vision_encoder(self.model)
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.device = device
+        self.dtype = dtype
+        text_config = model.config.text_config
+        self._sep_token_id: int = text_config.sep_token_id
+        self._max_positions: int = text_config.max_position_embeddings
+        self._prompt_cache: dict[str, list[int]] = {}
+        self._prompt_lock = threading.Lock()
+        self.generate_calls = 0  # model calls, split retries included
+
+    @classmethod
+    def load(cls, checkpoint: Path, *, device: str = "auto", dtype: str = "auto") -> CaptionEngine:
+        """Load a local checkpoint directory (see `resolve_checkpoint`) onto a device."""
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        try:
+            model = BlipForConditionalGeneration.from_pretrained(checkpoint, dtype=torch_dtype)
+            processor = BlipProcessor.from_pretrained(checkpoint)
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(f"cannot load a BLIP checkpoint from {checkpoint}: {exc}") from None
+        return cls(model, processor, torch_device, torch_dtype)
+
+    def check_options(self, options: CaptionOptions) -> None:
+        """Raise `InvalidOptions` for options this checkpoint cannot honour, before any model work."""
+        used = self.prompt_length(options.prompt)
+        if options.max_length <= used:
+            raise InvalidOptions(
+                f"max_length ({options.max_length}) leaves no room for a caption after the prompt "
+                f"({used} tokens including the start token)"
+            )
+        if options.max_length > self._max_positions:
+            raise InvalidOptions(
+                f"max_length ({options.max_length}) exceeds this model's {self._max_positions} positions"
+            )
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """One RGB image -> normalised pixel tensor (3, H, W) on the CPU. Thread-safe."""
+        pixels: torch.Tensor = self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"]
+        return pixels[0]
+
+    def caption(self, images: Sequence[Image.Image], options: CaptionOptions) -> list[str]:
+        """Caption decoded images in one batch."""
+        if not images:
+            return []
+        self.check_options(options)
+        prepared = [self.prepare(image) for image in images]
+        return [self.decode(ids, options) for ids in self.generate(prepared, options)]
+
+    def generate(self, prepared: Sequence[torch.Tensor], options: CaptionOptions) -> list[list[int]]:
+        """Token ids per prepared image (prompt included, up to and including the end token).
+
+        The same steps as `BlipForConditionalGeneration.generate`, with the vision encoder and
+        the image's cross-attention keys/values run once per image before beam search starts.
+        """
+        self.check_options(options)
+        self.generate_calls += 1
+        pixel_values = torch.stack(list(prepared))
+        if self.device.type == "cuda":
+            pixel_values = pixel_values.pin_memory()  # so the copy below overlaps instead of blocking
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        batch = pixel_values.shape[0]
+        prompt_ids = self._prompt_ids(options.prompt)
+        text_config = self.model.config.text_config
+        # Like BLIP: the first token becomes the decoder start token, the prompt's closing [SEP] is dropped.
+        start_ids = [text_config.bos_token_id, *prompt_ids[1:-1]] if prompt_ids else [text_config.bos_token_id]
+        input_ids = torch.tensor([start_ids] * batch, dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            image_embeds = self.model.vision_model(pixel_values=pixel_values)[0]
+            output = self.model.text_decoder.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids) if prompt_ids else None,
+                encoder_hidden_states=image_embeds,
+                encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device),
+                eos_token_id=text_config.sep_token_id,
+                pad_token_id=text_config.pad_token_id,
+                num_beams=options.num_beams,
+                max_length=options.max_length,
+                min_length=options.min_length,
+                repetition_penalty=options.repetition_penalty,
+                do_sample=False,
+                cache=prefilled_cache(self.model, image_embeds, options.num_beams),
+            )
+        start = self.prompt_length(options.prompt)
+        return [self._trim(row, start) for row in output.tolist()]
+
+    def generate_each(self, prepared: Sequence[torch.Tensor], options: CaptionOptions) -> list[list[int] | BlipqError]:
+        """Like `generate`, but a failure costs only the image that causes it.
+
+        A failing batch (CUDA out of memory, a model error on one input) is split in halves and
+        retried until every image is captioned or is alone in failing. Errors are returned in
+        place of that image's token ids.
+        """
+        try:
+            return list(self.generate(prepared, options))
+        except BlipqError as exc:  # invalid options: the same for every image
+            return [exc] * len(prepared)
+        except Exception as exc:
+            release_cached_memory()
+            if len(prepared) == 1:
+                log.exception("model failed on one image")
+                return [ModelFailed(f"model failed: {type(exc).__name__}: {exc}")]
+            log.warning("model failed on a batch of %d (%s); retrying in halves", len(prepared), exc)
+            middle = len(prepared) // 2
+            return self.generate_each(prepared[:middle], options) + self.generate_each(prepared[middle:], options)
+
+    def decode(self, token_ids: Sequence[int], options: CaptionOptions) -> str:
+        """The caption text without the prompt, as the original BLIP caption decoder returned it."""
+        start = self.prompt_length(options.prompt)
+        text: str = self.tokenizer.decode(list(token_ids[start:]), skip_special_tokens=True)
+        return text.strip()
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens fed to the decoder before generation starts: the start token plus the prompt."""
+        ids = self._prompt_ids(prompt)
+        return len(ids) - 1 if ids else 1
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        """Tokenised prompt as BlipProcessor produces it ([CLS] ... [SEP]); [] for no prompt."""
+        if not prompt:
+            return []
+        with self._prompt_lock:
+            if prompt not in self._prompt_cache:
+                self._prompt_cache[prompt] = list(self.tokenizer(prompt)["input_ids"])
+            return self._prompt_cache[prompt]
+
+    def _trim(self, row: list[int], start: int) -> list[int]:
+        """Cut the padding that batched generation adds after a sequence's end token."""
+        try:
+            end = row.index(self._sep_token_id, start)
+        except ValueError:
+            return row
+        return row[: end + 1]
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' per-load progress bars and advisory warnings out of user-facing output."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
+def release_cached_memory() -> None:
+    """Give cached GPU memory back after an out-of-memory error, before retrying smaller batches."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

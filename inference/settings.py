@@ -1,0 +1,45 @@
+"""What the inference side is configured with: the model, where it runs, batching and URL fetching."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from contract.settings import CommaList, SharedSettings, split_commas
+
+DEFAULT_MODEL = "Salesforce/blip-image-captioning-large"
+
+DType = Literal["auto", "fp32", "fp16", "bf16"]
+
+
+class InferenceSettings(SharedSettings):
+    model: str = Field(DEFAULT_MODEL, description="Local checkpoint directory or Hugging Face hub id.")
+    checkpoints_dir: Path = Field(Path("checkpoints"), description="Where hub checkpoints are downloaded to.")
+    device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps.")
+    dtype: DType = Field("auto", description="auto = fp16 on GPU, fp32 on CPU.")
+    max_batch: int = Field(16, ge=1, le=1024, description="Images per model call.")
+    batch_wait_ms: int = Field(10, ge=0, le=10_000, description="How long to wait for more images to fill a batch.")
+    decode_threads: int = Field(4, ge=1, le=64, description="Threads fetching and decoding images ahead of the model.")
+    fetch_timeout_s: float = Field(20.0, gt=0, description="Total time allowed to fetch one URL.")
+    max_fetch_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest URL response accepted.")
+    fetch_allow_networks: CommaList = Field(
+        (),
+        description="CIDR networks URL inputs may reach although not public (e.g. 10.0.0.0/8); "
+        "by default only globally routable addresses are fetched.",
+    )
+
+    @field_validator("fetch_allow_networks", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return split_commas(value)
+
+    @field_validator("fetch_allow_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            return tuple(str(ipaddress.ip_network(part, strict=False)) for part in value)
+        except ValueError as exc:
+            raise ValueError(f"not a CIDR network: {exc}") from None

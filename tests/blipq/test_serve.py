@@ -1,0 +1,132 @@
+"""`blipq serve` in the embedded mode under process failures: kill -9, a poison job, SIGTERM, restart."""
+
+from __future__ import annotations
+
+import base64
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from contract.options import CaptionOptions
+from inference.decode import decode_image
+from inference.engine import CaptionEngine
+from tests.helpers import pictures
+from tests.server import Server, get_job, submit_job, wait_until
+
+
+def jobs(server: Server, ids: list[str]) -> list[dict[str, Any]]:
+    return [get_job(server, job_id) for job_id in ids]
+
+
+def images_in(state: str, server: Server, ids: list[str]) -> int:
+    return sum(image["status"] == state for job in jobs(server, ids) for image in job["images"])
+
+
+def assert_all_captioned_once(
+    server: Server, ids: list[str], batches: list[list[bytes]], engine: CaptionEngine
+) -> None:
+    for job, images in zip(jobs(server, ids), batches, strict=True):
+        assert job["status"] == "succeeded", job
+        expected = engine.caption([decode_image(image) for image in images], CaptionOptions())
+        assert [image["caption"] for image in job["images"]] == expected
+        assert all(image["status"] == "done" for image in job["images"])
+
+
+def test_kill_9_then_restart_finishes_every_accepted_job(
+    tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
+) -> None:
+    """kill -9 with jobs finished, running and queued; the restart on the same store runs the rest."""
+    first = Server(tiny_checkpoint, tmp_path, "--max-batch", "4").start()
+    batches = [pictures(30)[i : i + 10] for i in range(0, 30, 10)]
+    ids = [submit_job(first, images) for images in batches]
+    wait_until(lambda: jobs(first, ids)[0]["status"] == "succeeded")
+    statuses = [job["status"] for job in jobs(first, ids)]
+    first.kill()
+    assert statuses[-1] != "succeeded", "the last job must still be unfinished when the server dies"
+
+    second = Server(tiny_checkpoint, tmp_path).start()
+    try:
+        wait_until(lambda: all(job["status"] == "succeeded" for job in jobs(second, ids)))
+        assert_all_captioned_once(second, ids, batches, engine)
+    finally:
+        second.stop()
+
+
+def test_a_job_that_kills_the_process_three_times_is_failed_worker_lost(
+    tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
+) -> None:
+    """A poison job must not crash-loop the server: the fourth start fails it instead of running it again."""
+    images = pictures(40)  # a few seconds of work with one image per model call
+    server = Server(tiny_checkpoint, tmp_path, "--max-batch", "1").start()
+    job_id = submit_job(server, images)
+    for _ in range(3):
+        wait_until(lambda: jobs(server, [job_id])[0]["status"] == "running", timeout_s=60)  # noqa: B023
+        server.kill()
+        server = Server(tiny_checkpoint, tmp_path, "--max-batch", "1").start()
+    try:
+        (job,) = jobs(server, [job_id])
+        assert job["status"] == "failed"
+        assert {image["error"]["code"] for image in job["images"]} == {"worker_lost"}
+        assert "stopped 3 times" in job["images"][0]["error"]["message"]
+        later = submit_job(server, images[:2])  # the server itself is fine
+        wait_until(lambda: jobs(server, [later])[0]["status"] == "succeeded")
+        assert_all_captioned_once(server, [later], [images[:2]], engine)
+    finally:
+        server.stop()
+
+
+def test_sigterm_leaves_jobs_not_started_in_the_store_for_the_next_start(
+    tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
+) -> None:
+    first = Server(tiny_checkpoint, tmp_path, "--max-batch", "1").start()
+    batches = [pictures(12)[i : i + 4] for i in range(0, 12, 4)]
+    ids = [submit_job(first, images) for images in batches]
+    wait_until(lambda: jobs(first, ids)[0]["status"] == "running")
+    first.stop()
+    assert first.process is not None
+    assert first.process.returncode in (0, -signal.SIGTERM)
+
+    second = Server(tiny_checkpoint, tmp_path).start()
+    try:
+        wait_until(lambda: all(job["status"] == "succeeded" for job in jobs(second, ids)))
+        assert_all_captioned_once(second, ids, batches, engine)
+    finally:
+        second.stop()
+
+
+def test_sigterm_lets_in_flight_requests_finish(tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine) -> None:
+    """SIGTERM: the server stops accepting, the blocking request already in flight still gets its captions
+    (the model keeps running until the request is answered), then everything exits."""
+    server = Server(tiny_checkpoint, tmp_path, "--max-batch", "1").start()
+    images = pictures(24)  # a few seconds of work on the tiny model, one image per batch
+    body = {"imgb64s": [base64.b64encode(image).decode() for image in images]}
+    answer: list[httpx.Response] = []
+    request = threading.Thread(
+        target=lambda: answer.append(httpx.post(f"{server.url}/captionImageBlocking", json=body, timeout=120))
+    )
+    request.start()
+    wait_until(lambda: any(job["status"] == "running" for job in _list_jobs(server)), timeout_s=30)
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: _refuses_connections(server), timeout_s=10)
+    assert not answer  # no longer accepting, and the request is still in flight
+    request.join(120)
+    assert answer[0].status_code == 200
+    assert answer[0].json()["result"] == engine.caption([decode_image(image) for image in images], CaptionOptions())
+    assert server.process.wait(60) in (0, -signal.SIGTERM)
+
+
+def _list_jobs(server: Server) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = httpx.get(f"{server.url}/v1/jobs", timeout=10).json()["jobs"]
+    return jobs
+
+
+def _refuses_connections(server: Server) -> bool:
+    try:
+        httpx.get(f"{server.url}/healthz", timeout=1)
+    except httpx.ConnectError:
+        return True
+    return False
