@@ -4,6 +4,7 @@ request of every unfinished job, so that an accepted job survives a crash of the
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 import time
@@ -62,10 +63,12 @@ DROP TABLE IF EXISTS workers;
 
 _UNFINISHED = ("queued", "running")
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class StoredRequest:
-    """An unfinished job as it was accepted, to be dispatched (again)."""
+    """An unfinished job as it was accepted, to be dispatched (again): its images without an outcome."""
 
     job_id: str
     images: tuple[ImageInput, ...]
@@ -176,29 +179,24 @@ class JobStore:
             db.execute("UPDATE job_images SET state = 'queued' WHERE job_id = ? AND state = 'running'", (job_id,))
 
     def finish(self, job_id: str, results: Sequence[ImageResult]) -> bool:
-        """Record one result per image. The first outcome wins: returns False (and changes nothing) when
-        the job had already finished or was cancelled, or is unknown (purged)."""
+        """Record the results of the images that were dispatched: every image of the job, or (for a job
+        that already had some outcomes, carried over from an earlier store) the ones still pending, in
+        order. The first outcome wins: returns False (and changes nothing) when the job had already
+        finished or was cancelled, or is unknown (purged)."""
         rows = [
             (
                 "done" if result.caption is not None else "failed",
                 result.caption,
                 result.error.code if result.error else None,
                 result.error.message if result.error else None,
-                job_id,
-                index,
             )
-            for index, result in enumerate(results)
+            for result in results
         ]
         return self._finish(job_id, rows)
 
     def fail(self, job_id: str, error: ErrorInfo) -> bool:
-        """Fail every image of a job that could not be run at all; False when it already had an outcome."""
-        with self._reading() as db:
-            row = db.execute("SELECT n_images FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            return False
-        rows = [("failed", None, error.code, error.message, job_id, index) for index in range(row[0])]
-        return self._finish(job_id, rows)
+        """Fail every pending image of a job that could not be run at all; False when it already had an outcome."""
+        return self._finish(job_id, None, ("failed", None, error.code, error.message))
 
     def cancel(self, job_id: str) -> Job:
         with self._transaction() as db:
@@ -262,7 +260,10 @@ class JobStore:
             ).fetchall()
             requests = []
             for job_id, options, attempts in jobs:
-                images = db.execute("SELECT data, url FROM job_images WHERE job_id = ? ORDER BY idx", (job_id,))
+                images = db.execute(
+                    "SELECT data, url FROM job_images WHERE job_id = ? AND state IN (?, ?) ORDER BY idx",
+                    (job_id, *_UNFINISHED),
+                )
                 requests.append(
                     StoredRequest(
                         job_id=job_id,
@@ -309,15 +310,33 @@ class JobStore:
             except sqlite3.Error as exc:
                 raise QueueUnavailable(f"store error at {self.path}: {exc}") from None
 
-    def _finish(self, job_id: str, rows: Sequence[tuple[object, ...]]) -> bool:
+    def _finish(
+        self, job_id: str, rows: Sequence[tuple[object, ...]] | None, every_pending: tuple[object, ...] = ()
+    ) -> bool:
+        """Outcomes `rows` (state, caption, code, message) for the pending images in order, or `every_pending`
+        for each of them."""
         with self._transaction() as db:
-            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute("SELECT status, n_images FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or JobStatus(row[0]).finished:
+                return False
+            pending = [
+                index
+                for (index,) in db.execute(
+                    "SELECT idx FROM job_images WHERE job_id = ? AND state IN (?, ?) ORDER BY idx",
+                    (job_id, *_UNFINISHED),
+                )
+            ]
+            if rows is None:
+                rows = [every_pending] * len(pending)
+            elif len(rows) == row[1] != len(pending):  # a reply for the whole job: keep only the pending images
+                rows = [rows[index] for index in pending]
+            if len(rows) != len(pending):
+                log.warning("job %s: %d results for %d pending images; ignored", job_id, len(rows), len(pending))
                 return False
             db.executemany(
                 "UPDATE job_images SET state = ?, caption = ?, error_code = ?, error_message = ?, data = NULL "
                 "WHERE job_id = ? AND idx = ?",
-                rows,
+                [(*outcome, job_id, index) for outcome, index in zip(rows, pending, strict=True)],
             )
             (done,) = db.execute(
                 "SELECT COUNT(*) FROM job_images WHERE job_id = ? AND state = 'done'", (job_id,)
