@@ -263,7 +263,7 @@ def download(
 
 BrokerOpt = Annotated[
     str | None,
-    _setting(GatewaySettings, "broker_url", "--broker", "RabbitMQ URL; unset = embedded mode, all in this process."),
+    _setting(SharedSettings, "broker_url", "--broker", "RabbitMQ URL; unset = embedded mode, all in this process."),
 ]
 BatchWaitOpt = Annotated[
     int | None, _setting(InferenceSettings, "batch_wait_ms", "--batch-wait-ms", "Milliseconds to fill a batch.")
@@ -287,10 +287,7 @@ def serve(
 ) -> None:
     """Run the HTTP gateway. With no --broker (embedded mode) the model runs in this process too."""
     gateway = _settings(GatewaySettings, host=host, port=port, store=store, broker_url=broker)
-    inference = _settings(
-        InferenceSettings, model=model, checkpoints_dir=checkpoints_dir, device=device, dtype=dtype,
-        max_batch=max_batch, batch_wait_ms=batch_wait_ms,
-    )  # fmt: skip
+    inference = _model_settings(model, checkpoints_dir, device, dtype, max_batch, batch_wait_ms)
     _refuse_broker(gateway.broker_url)
     from blipq.serving import run_embedded
 
@@ -311,14 +308,26 @@ def worker(
     batch_wait_ms: BatchWaitOpt = None,
 ) -> None:
     """Run one inference worker consuming jobs from RabbitMQ (one per GPU)."""
-    settings = _settings(GatewaySettings, broker_url=broker)
-    _settings(
-        InferenceSettings, model=model, checkpoints_dir=checkpoints_dir, device=device, dtype=dtype,
-        max_batch=max_batch, batch_wait_ms=batch_wait_ms,
-    )  # fmt: skip
+    settings = _model_settings(model, checkpoints_dir, device, dtype, max_batch, batch_wait_ms, broker=broker)
     if settings.broker_url is None:
         _fail("blipq worker consumes jobs from RabbitMQ: give --broker amqp://user:pass@host:5672/vhost", code=2)
     _refuse_broker(settings.broker_url)
+
+
+def _model_settings(
+    model: str | None,
+    checkpoints_dir: Path | None,
+    device: str | None,
+    dtype: str | None,
+    max_batch: int | None,
+    batch_wait_ms: int | None,
+    *,
+    broker: str | None = None,
+) -> InferenceSettings:
+    return _settings(
+        InferenceSettings, model=model, checkpoints_dir=checkpoints_dir, device=device, dtype=dtype,
+        max_batch=max_batch, batch_wait_ms=batch_wait_ms, broker_url=broker,
+    )  # fmt: skip
 
 
 def _refuse_broker(url: str | None) -> None:

@@ -14,9 +14,14 @@ CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
 class SharedSettings(BaseSettings):
-    """The image limits, which the gateway checks on arrival and the inference side again before decoding."""
+    """Where the two sides meet (the broker), and the image limits, which the gateway checks on arrival
+    and the inference side again before decoding."""
 
     model_config = SettingsConfigDict(env_prefix="BLIPQ_", frozen=True, extra="forbid")
+
+    broker_url: str | None = Field(
+        None, description="RabbitMQ URL (amqp:// or amqps://); unset = embedded mode, everything in one process."
+    )
 
     max_image_pixels: int = Field(64_000_000, ge=1, description="Larger images are refused before decoding.")
     max_image_bytes: int = Field(

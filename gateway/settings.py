@@ -18,9 +18,6 @@ class GatewaySettings(SharedSettings):
         "sqlite:///./data/blipq.db",
         description="The result store: jobs, per-image outcomes, idempotency keys and unfinished requests.",
     )
-    broker_url: str | None = Field(
-        None, description="RabbitMQ URL (amqp:// or amqps://); unset = embedded mode, everything in one process."
-    )
     max_attempts: int = Field(
         3, ge=1, le=100, description="Embedded mode: a job dispatched this many times without finishing is failed."
     )

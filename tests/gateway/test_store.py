@@ -117,7 +117,8 @@ INSERT INTO jobs (id, status, options, n_images, created_at, finished_at) VALUES
 INSERT INTO images (job_seq, job_id, idx, options, data, state) VALUES (1, 'a', 0, '{}', NULL, 'done');
 UPDATE images SET caption = 'kept' WHERE job_id = 'a';
 INSERT INTO images (job_seq, job_id, idx, options, data, state) VALUES (1, 'a', 1, '{}', x'0102', 'running');
-INSERT INTO images (job_seq, job_id, idx, options, url, state, caption) VALUES (2, 'b', 0, '{}', 'https://x.test/', 'done', 'old');
+INSERT INTO images (job_seq, job_id, idx, options, url, state, caption)
+    VALUES (2, 'b', 0, '{}', 'https://x.test/', 'done', 'old');
 """
 
 
