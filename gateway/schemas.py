@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from contract.options import CaptionOptions
 from gateway.error_codes import describe_status
@@ -43,26 +43,6 @@ class SeedResult(BaseModel):
 
 class SeedFinished(SeedResult):
     msg: str = "Job finished!"
-
-
-class ImageSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    b64: str | None = Field(None, description="Base64 image bytes (data: URL prefix allowed).")
-    url: str | None = Field(None, description="http(s) URL the worker fetches.")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> ImageSpec:
-        if (self.b64 is None) == (self.url is None):
-            raise ValueError("each image needs exactly one of b64 or url")
-        return self
-
-
-class JobRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    images: list[ImageSpec] = Field(description="The images to caption, in order.")
-    options: CaptionOptions = Field(default_factory=CaptionOptions)
 
 
 class ErrorBody(BaseModel):

@@ -14,6 +14,7 @@ from contract.errors import ImageFailed, InputTooLarge, InvalidInput, InvalidOpt
 from contract.images import ImagePolicy
 from contract.messages import ImageInput
 from contract.options import CaptionOptions
+from contract.requests import JobRequest
 from gateway.auth import Caller, CallerDep
 from gateway.deps import ServiceDep
 from gateway.inputs import check_count, from_base64, from_bytes, from_url
@@ -24,7 +25,6 @@ from gateway.schemas import (
     GeneratedText,
     HuggingFaceRequest,
     JobList,
-    JobRequest,
     JobView,
     error_responses,
 )
