@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from blipq import __version__
@@ -71,7 +72,8 @@ def _settings(kind: type[AnySettings], **overrides: Any) -> AnySettings:
 
 
 def _fail(message: str, *, code: int = 1) -> NoReturn:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    # The message is text, not markup: "blipq[inference]" or a path with brackets must print as it is.
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -289,8 +291,10 @@ def serve(
     gateway = _settings(GatewaySettings, host=host, port=port, store=store, broker_url=broker)
     inference = _model_settings(model, checkpoints_dir, device, dtype, max_batch, batch_wait_ms)
     _refuse_broker(gateway.broker_url)
-    from blipq.serving import run_embedded
-
+    try:
+        from blipq.serving import run_embedded
+    except ModuleNotFoundError as exc:
+        _fail(f"the embedded mode runs the model in this process and needs {exc.name}: pip install 'blipq[inference]'")
     try:
         run_embedded(gateway, inference)
     except BlipqError as exc:

@@ -199,3 +199,12 @@ def test_the_broker_transport_is_refused_in_one_line(argv: list[str], env: dict[
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_serve_without_the_inference_extra_says_what_to_install() -> None:
+    """A gateway-only install has no torch: the embedded mode names the missing extra, in one line."""
+    without_torch = "import sys; sys.modules['torch'] = None; from blipq.cli import app; app(['serve'])"
+    result = subprocess.run([sys.executable, "-c", without_torch], capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert "needs torch: pip install 'blipq[inference]'" in result.stderr
+    assert "Traceback" not in result.stderr
