@@ -185,8 +185,8 @@ def run_http(model_dir: Path, paths: list[Path], batch: int, dtype: str, device:
             with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
                 latencies = list(pool.map(call, blobs))
             seconds = time.perf_counter() - started
-        (worker,) = server.worker_pids()
-        rss = _vm_hwm_mb(worker)
+        assert server.process is not None
+        rss = _vm_hwm_mb(server.process.pid)  # the model runs in the server process (embedded mode)
     finally:
         server.stop()
     return Result("http", batch, len(blobs), seconds, rss, None, latencies, idle)
