@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -25,8 +24,6 @@ from gateway.waiters import Waiters
 
 if TYPE_CHECKING:
     from gateway.auth import ApiKeys, Caller, RateLimiter
-
-log = logging.getLogger(__name__)
 
 #: What a 429 for a full queue tells clients to wait: long enough for a batch or two to finish.
 QUEUE_FULL_RETRY_AFTER_S = 5

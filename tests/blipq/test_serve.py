@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 
 from contract.options import CaptionOptions
+from gateway.jobs import JobStatus
+from gateway.store import open_store
 from inference.decode import decode_image
 from inference.engine import CaptionEngine
 from tests.helpers import pictures
@@ -35,6 +37,18 @@ def assert_all_captioned_once(
         assert all(image["status"] == "done" for image in job["images"])
 
 
+def restart_and_finish(
+    model: Path, data_dir: Path, ids: list[str], batches: list[list[bytes]], engine: CaptionEngine
+) -> None:
+    """A new server on the same store finishes every job, each image once with the exact caption."""
+    server = Server(model, data_dir).start()
+    try:
+        wait_until(lambda: all(job["status"] == "succeeded" for job in jobs(server, ids)))
+        assert_all_captioned_once(server, ids, batches, engine)
+    finally:
+        server.stop()
+
+
 def test_kill_9_then_restart_finishes_every_accepted_job(
     tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
 ) -> None:
@@ -46,13 +60,7 @@ def test_kill_9_then_restart_finishes_every_accepted_job(
     statuses = [job["status"] for job in jobs(first, ids)]
     first.kill()
     assert statuses[-1] != "succeeded", "the last job must still be unfinished when the server dies"
-
-    second = Server(tiny_checkpoint, tmp_path).start()
-    try:
-        wait_until(lambda: all(job["status"] == "succeeded" for job in jobs(second, ids)))
-        assert_all_captioned_once(second, ids, batches, engine)
-    finally:
-        second.stop()
+    restart_and_finish(tiny_checkpoint, tmp_path, ids, batches, engine)
 
 
 def test_a_job_that_kills_the_process_three_times_is_failed_worker_lost(
@@ -82,19 +90,18 @@ def test_sigterm_leaves_jobs_not_started_in_the_store_for_the_next_start(
     tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
 ) -> None:
     first = Server(tiny_checkpoint, tmp_path, "--max-batch", "1").start()
-    batches = [pictures(12)[i : i + 4] for i in range(0, 12, 4)]
+    batches = [pictures(30)[i : i + 10] for i in range(0, 30, 10)]  # about 1 s of model time per job
     ids = [submit_job(first, images) for images in batches]
     wait_until(lambda: jobs(first, ids)[0]["status"] == "running")
     first.stop()
     assert first.process is not None
     assert first.process.returncode in (0, -signal.SIGTERM)
-
-    second = Server(tiny_checkpoint, tmp_path).start()
-    try:
-        wait_until(lambda: all(job["status"] == "succeeded" for job in jobs(second, ids)))
-        assert_all_captioned_once(second, ids, batches, engine)
-    finally:
-        second.stop()
+    store = open_store(f"sqlite:///{tmp_path}/store.db")
+    statuses = [store.get(job_id).status for job_id in ids]
+    store.close()
+    assert statuses[0] is JobStatus.SUCCEEDED  # started before SIGTERM: finished before the exit
+    assert statuses[-1] is JobStatus.QUEUED  # never started: left for the next start
+    restart_and_finish(tiny_checkpoint, tmp_path, ids, batches, engine)
 
 
 def test_sigterm_lets_in_flight_requests_finish(tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine) -> None:
