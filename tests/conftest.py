@@ -10,6 +10,7 @@ import pytest
 
 from engine_build.synthetic import write_test_checkpoint
 from inference.engine import CaptionEngine, quiet_transformers
+from tests.rabbitmq import TestBroker, open_test_broker
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +41,17 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 class QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBroker]:
+    """A real RabbitMQ for this session (see tests/rabbitmq.py); fails, not skips, when there is none."""
+    broker, stop = open_test_broker(tmp_path_factory.mktemp("rabbitmq"))
+    yield broker
+    stop()
+
+
+@pytest.fixture
+def amqp_url(rabbitmq: TestBroker) -> str:
+    """A URL to a fresh virtual host of the session's broker."""
+    return rabbitmq.fresh_url()

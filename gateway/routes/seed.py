@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from contract.inputs import check_count, from_base64, from_url
 from contract.messages import ImageInput
 from contract.options import CaptionOptions
 from gateway.auth import CallerDep
 from gateway.deps import ServiceDep
-from gateway.inputs import check_count, from_base64, from_url
 from gateway.jobs import JobStatus
 from gateway.schemas import (
     JOB_ROUTE_ERRORS,

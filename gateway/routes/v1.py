@@ -12,12 +12,12 @@ from starlette.exceptions import HTTPException
 
 from contract.errors import ImageFailed, InputTooLarge, InvalidInput, InvalidOptions
 from contract.images import ImagePolicy
+from contract.inputs import check_count, from_base64, from_bytes, from_url
 from contract.messages import ImageInput
 from contract.options import CaptionOptions
 from contract.requests import JobRequest
 from gateway.auth import Caller, CallerDep
 from gateway.deps import ServiceDep
-from gateway.inputs import check_count, from_base64, from_bytes, from_url
 from gateway.jobs import Idempotency, Job, JobStatus
 from gateway.json_body import is_json, read_json, unsupported, validate
 from gateway.schemas import (

@@ -1,0 +1,89 @@
+"""A request message's body -> the images the batcher runs, and results -> the reply body (AMQP contract v1)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from contract.amqp import DELIVERY_LIMIT, CaptionReply, ReplyError, ReplyImage
+from contract.errors import BlipqError, InvalidRequest
+from contract.images import ImagePolicy
+from contract.inputs import from_base64, from_url
+from contract.messages import ErrorInfo, ImageInput, ImageResult
+from contract.options import CaptionOptions
+from contract.requests import JobRequest
+
+log = logging.getLogger(__name__)
+
+#: Why RabbitMQ dead-lettered a request (`x-death` reason) -> the error code of its reply.
+DEAD_LETTER_CODES = {
+    "rejected": ("invalid_request", "the request could not be read (not JSON, wrong schema, or no reply_to)"),
+    "expired": ("expired", "the request expired (its message TTL) before a worker took it"),
+    "delivery_limit": (
+        "worker_lost",
+        f"the worker taking this request stopped each time it was delivered ({DELIVERY_LIMIT + 1} times); giving up",
+    ),
+}
+
+
+@dataclass
+class ParsedRequest:
+    """The images to run (with their positions in the request) and the ones refused already."""
+
+    options: CaptionOptions
+    size: int
+    to_run: list[tuple[int, ImageInput]]
+    refused: dict[int, ImageResult]
+
+    def merge(self, results: list[ImageResult]) -> list[ImageResult]:
+        """All results in request order: the refused ones and, in order, those of the images run."""
+        ran = dict(zip((index for index, _ in self.to_run), results, strict=True))
+        return [self.refused.get(index) or ran[index] for index in range(self.size)]
+
+
+def parse_request(body: bytes, policy: ImagePolicy, max_images: int) -> ParsedRequest:
+    """InvalidRequest for a body that is not a request; a bad image is refused alone (a per-image error)."""
+    try:
+        request = JobRequest.model_validate_json(body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+        raise InvalidRequest(f"not a caption request: {problems}") from None
+    if not request.images or len(request.images) > max_images:
+        raise InvalidRequest(f"a request carries 1 to {max_images} images, not {len(request.images)}")
+    parsed = ParsedRequest(request.options, len(request.images), [], {})
+    for index, spec in enumerate(request.images):
+        try:
+            image = from_base64(spec.b64, index, policy) if spec.b64 is not None else from_url(spec.url or "", index)
+        except BlipqError as exc:
+            parsed.refused[index] = ImageResult(error=ErrorInfo(exc.code, exc.message))
+        else:
+            parsed.to_run.append((index, image))
+    return parsed
+
+
+def _reply_image(result: ImageResult) -> ReplyImage:
+    if result.error is not None:
+        return ReplyImage(status="failed", error=ReplyError(code=result.error.code, message=result.error.message))
+    return ReplyImage(status="done", caption=result.caption)
+
+
+def reply_body(correlation_id: str, results: list[ImageResult], model: str) -> bytes:
+    images = [_reply_image(result) for result in results]
+    status = "succeeded" if any(image.status == "done" for image in images) else "failed"
+    reply = CaptionReply(id=correlation_id, status=status, images=images, model=model)
+    return reply.model_dump_json().encode()
+
+
+def error_reply_body(correlation_id: str, code: str, message: str) -> bytes:
+    reply = CaptionReply(id=correlation_id, status="failed", error=ReplyError(code=code, message=message))
+    return reply.model_dump_json().encode()
+
+
+def dead_letter_error(headers: dict[str, object] | None) -> tuple[str, str]:
+    """The reply error for a dead-lettered request, from its first `x-death` entry."""
+    deaths = (headers or {}).get("x-death")
+    first = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
+    reason = str(first.get("reason", "rejected"))
+    return DEAD_LETTER_CODES.get(reason, DEAD_LETTER_CODES["rejected"])

@@ -1,0 +1,166 @@
+"""`blipq worker`'s consumer on a real RabbitMQ, driven by an outside publisher written here with plain pika
+from the README's contract (not with blipq's own code)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pika
+import pytest
+
+from contract.options import CaptionOptions
+from inference.amqp_worker import AmqpWorker
+from inference.batcher import BatcherConfig
+from inference.decode import decode_image
+from inference.engine import CaptionEngine
+from tests.helpers import pictures
+
+
+@contextlib.contextmanager
+def running_worker(amqp_url: str, engine: CaptionEngine) -> Iterator[AmqpWorker]:
+    running = AmqpWorker(
+        amqp_url, engine, BatcherConfig(max_batch=8, batch_wait_ms=100), model_name="tiny", max_messages=1000,
+        max_images=16,
+    )  # fmt: skip
+    stop = threading.Event()
+    thread = threading.Thread(target=running.run, args=(stop,))
+    thread.start()
+    assert running.connected.wait(30), "the worker did not connect"
+    yield running
+    stop.set()
+    thread.join(60)
+    assert not thread.is_alive()
+
+
+@pytest.fixture
+def worker(amqp_url: str, engine: CaptionEngine) -> Iterator[AmqpWorker]:
+    with running_worker(amqp_url, engine) as running:
+        yield running
+
+
+class OutsidePublisher:
+    """What another service does: publish to exchange `blipq` with routing key `caption`, its own reply queue
+    as reply_to and a correlation_id of its choice; read the replies from its queue."""
+
+    def __init__(self, url: str) -> None:
+        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.channel = self.connection.channel()
+        self.channel.confirm_delivery()
+        self.reply_queue = self.channel.queue_declare("", exclusive=True).method.queue
+
+    def publish(self, body: bytes, correlation_id: str, **properties: Any) -> None:
+        self.channel.basic_publish(
+            "blipq",
+            "caption",
+            body,
+            pika.BasicProperties(
+                content_type="application/json",
+                delivery_mode=2,
+                reply_to=properties.pop("reply_to", self.reply_queue),
+                correlation_id=correlation_id,
+                **properties,
+            ),
+            mandatory=True,
+        )
+
+    def replies(self, count: int, timeout_s: float = 60) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for _method, properties, body in self.channel.consume(self.reply_queue, inactivity_timeout=timeout_s):
+            assert body is not None, f"timed out with {len(found)} of {count} replies"
+            assert properties.content_type == "application/json"
+            reply = json.loads(body)
+            assert reply["id"] == properties.correlation_id
+            found[properties.correlation_id] = reply
+            if len(found) == count:
+                break
+        self.channel.cancel()
+        return found
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@pytest.fixture
+def publisher(amqp_url: str, worker: AmqpWorker) -> Iterator[OutsidePublisher]:
+    client = OutsidePublisher(amqp_url)
+    yield client
+    client.close()
+
+
+def request(images: list[bytes], **options: object) -> bytes:
+    body = {"images": [{"b64": base64.b64encode(image).decode()} for image in images], "options": options}
+    return json.dumps(body).encode()
+
+
+def test_an_outside_publisher_gets_correlated_replies_with_the_engines_captions(
+    publisher: OutsidePublisher, engine: CaptionEngine
+) -> None:
+    images = pictures(3)
+    publisher.publish(request(images[:2]), "first")
+    publisher.publish(request(images[2:], num_beams=1), "second")
+    replies = publisher.replies(2)
+    assert replies["first"]["status"] == "succeeded"
+    assert [image["caption"] for image in replies["first"]["images"]] == engine.caption(
+        [decode_image(image) for image in images[:2]], CaptionOptions()
+    )
+    assert [image["caption"] for image in replies["second"]["images"]] == engine.caption(
+        [decode_image(images[2])], CaptionOptions(num_beams=1)
+    )
+    assert replies["first"]["model"] == "tiny"
+
+
+def test_one_image_messages_are_batched_across_messages(publisher: OutsidePublisher, engine: CaptionEngine) -> None:
+    images = pictures(8)
+    calls_before = engine.generate_calls
+    for index, image in enumerate(images):
+        publisher.publish(request([image]), f"one-{index}")
+    replies = publisher.replies(8)
+    assert engine.generate_calls - calls_before < 8
+    expected = engine.caption([decode_image(image) for image in images], CaptionOptions())
+    assert [replies[f"one-{index}"]["images"][0]["caption"] for index in range(8)] == expected
+
+
+def test_unreadable_requests_and_bad_images_get_error_replies(publisher: OutsidePublisher) -> None:
+    publisher.publish(b"this is not JSON", "not-json")
+    publisher.publish(json.dumps({"pictures": []}).encode(), "wrong-schema")
+    publisher.publish(request([pictures(1)[0], b"<svg xmlns='http://www.w3.org/2000/svg'/>"]), "bad-image")
+    replies = publisher.replies(3)
+    for key in ("not-json", "wrong-schema"):
+        assert replies[key]["status"] == "failed"
+        assert replies[key]["error"]["code"] == "invalid_request"
+        assert replies[key]["images"] == []
+    mixed = replies["bad-image"]
+    assert mixed["status"] == "succeeded"
+    assert [image["status"] for image in mixed["images"]] == ["done", "failed"]
+    assert mixed["images"][1]["error"]["code"] == "invalid_image"
+    assert mixed["images"][1]["error"]["message"].startswith("image 1: not a supported image")
+
+
+def test_an_expired_request_is_answered_expired(amqp_url: str, engine: CaptionEngine) -> None:
+    """A request that waits past its TTL while no worker runs is dead-lettered and answered when one starts."""
+    with running_worker(amqp_url, engine):
+        pass  # the topology exists from now on
+    client = OutsidePublisher(amqp_url)
+    try:
+        client.publish(request(pictures(1)), "short", expiration="50")
+        time.sleep(0.5)
+        with running_worker(amqp_url, engine):
+            replies = client.replies(1)
+    finally:
+        client.close()
+    assert replies["short"]["status"] == "failed"
+    assert replies["short"]["error"]["code"] == "expired"
+    assert replies["short"]["images"] == []
+
+
+def test_no_reply_to_is_rejected_and_the_worker_keeps_going(publisher: OutsidePublisher) -> None:
+    publisher.publish(request(pictures(1)), f"lost-{uuid.uuid4().hex}", reply_to=None)
+    publisher.publish(request(pictures(1)), "after")
+    assert publisher.replies(1)["after"]["status"] == "succeeded"
