@@ -280,6 +280,9 @@ def serve(
         str | None, _setting(GatewaySettings, "store", "--store", "Result store: sqlite:///path/to/file.db.")
     ] = None,
     broker: BrokerOpt = None,
+    gateway_id: Annotated[
+        str | None, _setting(GatewaySettings, "gateway_id", "--gateway-id", "Names this gateway's reply queue.")
+    ] = None,
     model: ModelOpt = None,
     checkpoints_dir: CheckpointsOpt = None,
     device: DeviceOpt = None,
@@ -287,15 +290,22 @@ def serve(
     max_batch: MaxBatchOpt = None,
     batch_wait_ms: BatchWaitOpt = None,
 ) -> None:
-    """Run the HTTP gateway. With no --broker (embedded mode) the model runs in this process too."""
-    gateway = _settings(GatewaySettings, host=host, port=port, store=store, broker_url=broker)
+    """Run the HTTP gateway: with --broker it publishes jobs to RabbitMQ for `blipq worker`s; without,
+    the model runs in this process too (the embedded mode)."""
+    gateway = _settings(GatewaySettings, host=host, port=port, store=store, broker_url=broker, gateway_id=gateway_id)
     inference = _model_settings(model, checkpoints_dir, device, dtype, max_batch, batch_wait_ms)
-    _refuse_broker(gateway.broker_url)
     try:
-        from blipq.serving import run_embedded
-    except ModuleNotFoundError as exc:
-        _fail(f"the embedded mode runs the model in this process and needs {exc.name}: pip install 'blipq[inference]'")
-    try:
+        if gateway.broker_url is not None:
+            from blipq.serving import run_gateway
+
+            run_gateway(gateway)
+            return
+        try:
+            from blipq.embedded import run_embedded
+        except ModuleNotFoundError as exc:
+            _fail(
+                f"the embedded mode runs the model in this process and needs {exc.name}: pip install 'blipq[inference]'"
+            )
         run_embedded(gateway, inference)
     except BlipqError as exc:
         _fail(exc.message)
@@ -310,12 +320,22 @@ def worker(
     dtype: DtypeOpt = None,
     max_batch: MaxBatchOpt = None,
     batch_wait_ms: BatchWaitOpt = None,
+    metrics_port: Annotated[
+        int | None, _setting(InferenceSettings, "metrics_port", "--metrics-port", "Prometheus metrics port; 0 = off.")
+    ] = None,
 ) -> None:
-    """Run one inference worker consuming jobs from RabbitMQ (one per GPU)."""
-    settings = _model_settings(model, checkpoints_dir, device, dtype, max_batch, batch_wait_ms, broker=broker)
+    """Run one inference worker consuming jobs from RabbitMQ (one per GPU). SIGTERM answers what is in hand."""
+    settings = _model_settings(
+        model, checkpoints_dir, device, dtype, max_batch, batch_wait_ms, broker=broker, metrics_port=metrics_port
+    )
     if settings.broker_url is None:
         _fail("blipq worker consumes jobs from RabbitMQ: give --broker amqp://user:pass@host:5672/vhost", code=2)
-    _refuse_broker(settings.broker_url)
+    from blipq.worker import run_worker
+
+    try:
+        run_worker(settings)
+    except BlipqError as exc:
+        _fail(exc.message, code=3)
 
 
 def _model_settings(
@@ -327,20 +347,12 @@ def _model_settings(
     batch_wait_ms: int | None,
     *,
     broker: str | None = None,
+    metrics_port: int | None = None,
 ) -> InferenceSettings:
     return _settings(
         InferenceSettings, model=model, checkpoints_dir=checkpoints_dir, device=device, dtype=dtype,
-        max_batch=max_batch, batch_wait_ms=batch_wait_ms, broker_url=broker,
+        max_batch=max_batch, batch_wait_ms=batch_wait_ms, broker_url=broker, metrics_port=metrics_port,
     )  # fmt: skip
-
-
-def _refuse_broker(url: str | None) -> None:
-    if url is not None:
-        _fail(
-            "RabbitMQ transport is not available in this version; run `blipq serve` without --broker "
-            "(and without BLIPQ_BROKER_URL) for the embedded mode",
-            code=2,
-        )
 
 
 @app.command()

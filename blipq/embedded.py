@@ -1,4 +1,4 @@
-"""The embedded mode's transport: the gateway's jobs go straight to a batcher on threads of this process.
+"""The embedded mode: the gateway's jobs go straight to a batcher on threads of this process.
 
 Nothing survives the process here, so the gateway dispatches its store's unfinished jobs again
 when it starts (`replays_unfinished`).
@@ -6,14 +6,23 @@ when it starts (`replays_unfinished`).
 
 from __future__ import annotations
 
+import logging
+
 import anyio.to_thread
 
+from blipq.serving import serve_app, show_progress_logs
 from contract.errors import ModelUnavailable
 from contract.messages import ImageResult
+from engine_build.checkpoint import resolve_checkpoint
 from gateway.broker import Dispatch, JobFinished, JobStarted, OutcomeHandler
+from gateway.settings import GatewaySettings
+from gateway.store import open_store
 from inference.batcher import Batcher, BatcherConfig, WorkItem
-from inference.engine import CaptionEngine
+from inference.engine import CaptionEngine, quiet_transformers
 from inference.metrics import InferenceMetrics
+from inference.settings import InferenceSettings
+
+log = logging.getLogger(__name__)
 
 
 class InProcessBroker:
@@ -35,7 +44,7 @@ class InProcessBroker:
     def submit(self, dispatch: Dispatch) -> None:
         self.batcher.submit(WorkItem(dispatch.job_id, dispatch.images, dispatch.options))
 
-    def readiness(self) -> dict[str, object]:
+    async def readiness(self) -> dict[str, object]:
         if not self.batcher.alive():
             raise ModelUnavailable("the model's thread is not running; see the server log")
         return {"mode": "embedded", "model": self.model, "device": self.device}
@@ -52,3 +61,21 @@ class InProcessBroker:
     def _deliver(self, outcome: JobStarted | JobFinished) -> None:
         assert self._on_outcome is not None, "outcomes arrive only after start"
         self._on_outcome(outcome)
+
+
+def run_embedded(gateway: GatewaySettings, inference: InferenceSettings) -> None:
+    """Open the store, load the model, serve until SIGTERM; then answer the requests in flight, finish the
+    jobs started and leave the others in the store for the next start."""
+    show_progress_logs()
+    store = open_store(gateway.store)
+    try:
+        quiet_transformers()
+        checkpoint = resolve_checkpoint(inference.model, inference.checkpoints_dir)
+        engine = CaptionEngine.load(checkpoint, device=inference.device, dtype=inference.dtype)
+    except BaseException:
+        store.close()
+        raise
+    log.info("model %s loaded on %s", checkpoint, engine.device)
+    metrics = InferenceMetrics()
+    broker = InProcessBroker(engine, BatcherConfig.of(inference), model=inference.model, metrics=metrics)
+    serve_app(gateway, store, broker, more_metrics=[metrics.registry])

@@ -1,44 +1,49 @@
-"""`blipq serve` in the embedded mode: the gateway, the store and the model in one process."""
+"""Run the gateway under uvicorn; with `--broker`, jobs go to RabbitMQ and this process needs no model."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 
-from blipq.embedded import InProcessBroker
-from engine_build.checkpoint import resolve_checkpoint
 from gateway.app import create_app
+from gateway.broker import Broker
+from gateway.rabbit import RabbitBroker
 from gateway.settings import GatewaySettings
-from gateway.store import open_store
-from inference.batcher import BatcherConfig
-from inference.engine import CaptionEngine, quiet_transformers
-from inference.metrics import InferenceMetrics
-from inference.settings import InferenceSettings
+from gateway.store import JobStore, open_store
 
 log = logging.getLogger(__name__)
 
 
-def run_embedded(gateway: GatewaySettings, inference: InferenceSettings) -> None:
-    """Open the store, load the model, serve until SIGTERM; then answer the requests in flight, finish the
-    jobs started and leave the others in the store for the next start."""
+def show_progress_logs() -> None:
     for name in ("blipq", "gateway", "inference"):
         logging.getLogger(name).setLevel(logging.INFO)
-    store = open_store(gateway.store)
+
+
+def serve_app(
+    settings: GatewaySettings, store: JobStore, broker: Broker, more_metrics: Sequence[CollectorRegistry] = ()
+) -> None:
+    """Serve until SIGTERM; then answer the requests in flight and stop the broker. Closes the store."""
     try:
-        quiet_transformers()
-        checkpoint = resolve_checkpoint(inference.model, inference.checkpoints_dir)
-        engine = CaptionEngine.load(checkpoint, device=inference.device, dtype=inference.dtype)
-        metrics = InferenceMetrics()
-        broker = InProcessBroker(engine, BatcherConfig.of(inference), model=inference.model, metrics=metrics)
-        app = create_app(gateway, store, broker, more_metrics=[metrics.registry])
-        log.info("model %s loaded on %s; serving on %s:%d", checkpoint, engine.device, gateway.host, gateway.port)
+        app = create_app(settings, store, broker, more_metrics=more_metrics)
+        log.info("serving on %s:%d", settings.host, settings.port)
         uvicorn.run(
             app,
-            host=gateway.host,
-            port=gateway.port,
+            host=settings.host,
+            port=settings.port,
             log_level="info",
-            timeout_graceful_shutdown=gateway.shutdown_timeout_s,
+            timeout_graceful_shutdown=settings.shutdown_timeout_s,
         )
     finally:
         store.close()
+
+
+def run_gateway(settings: GatewaySettings) -> None:
+    assert settings.broker_url is not None
+    show_progress_logs()
+    broker = RabbitBroker(
+        settings.broker_url, gateway_id=settings.gateway_id, max_messages=settings.max_queued_messages
+    )
+    serve_app(settings, open_store(settings.store), broker)

@@ -22,6 +22,10 @@ class SharedSettings(BaseSettings):
     broker_url: str | None = Field(
         None, description="RabbitMQ URL (amqp:// or amqps://); unset = embedded mode, everything in one process."
     )
+    max_queued_messages: int = Field(
+        10_000, ge=1, description="Request messages RabbitMQ holds before refusing publishes (x-max-length)."
+    )
+    max_images_per_job: int = Field(256, ge=1, description="Images one request (or request message) may carry.")
 
     max_image_pixels: int = Field(64_000_000, ge=1, description="Larger images are refused before decoding.")
     max_image_bytes: int = Field(

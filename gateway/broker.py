@@ -57,7 +57,7 @@ class Broker(Protocol):
         """Hand a job over; returns once the transport holds it. Raises QueueFull or QueueUnavailable."""
         ...
 
-    def readiness(self) -> dict[str, object]:
+    async def readiness(self) -> dict[str, object]:
         """Details for /readyz when jobs can run now; raises QueueUnavailable or ModelUnavailable otherwise."""
         ...
 

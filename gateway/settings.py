@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -18,12 +19,15 @@ class GatewaySettings(SharedSettings):
         "sqlite:///./data/blipq.db",
         description="The result store: jobs, per-image outcomes, idempotency keys and unfinished requests.",
     )
+    gateway_id: str = Field(
+        default_factory=socket.gethostname,
+        description="Names this gateway's durable reply queue (blipq.replies.<id>); keep it across restarts.",
+    )
     max_attempts: int = Field(
         3, ge=1, le=100, description="Embedded mode: a job dispatched this many times without finishing is failed."
     )
     blocking_timeout_s: float = Field(60.0, gt=0, description="Blocking routes answer 504 after this.")
     retention_s: float = Field(24 * 3600.0, gt=0, description="Finished jobs are purged after this.")
-    max_images_per_job: int = Field(256, ge=1, description="Images one request may carry.")
     max_body_bytes: int = Field(
         100 * 1024 * 1024, ge=1, description="Largest request body, counted as it arrives (not from Content-Length)."
     )

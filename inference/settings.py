@@ -23,6 +23,7 @@ class InferenceSettings(SharedSettings):
     max_batch: int = Field(16, ge=1, le=1024, description="Images per model call.")
     batch_wait_ms: int = Field(10, ge=0, le=10_000, description="How long to wait for more images to fill a batch.")
     decode_threads: int = Field(4, ge=1, le=64, description="Threads fetching and decoding images ahead of the model.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="`blipq worker`: Prometheus metrics port; 0 = off.")
     fetch_timeout_s: float = Field(20.0, gt=0, description="Total time allowed to fetch one URL.")
     max_fetch_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest URL response accepted.")
     fetch_allow_networks: CommaList = Field(

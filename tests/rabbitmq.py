@@ -114,7 +114,10 @@ def open_test_broker(root: Path) -> tuple[TestBroker, Callable[[], None]]:
     if url := os.environ.get("BLIPQ_TEST_AMQP_URL"):
         return TestBroker(url, None), lambda: None
     with contextlib.suppress(Exception):  # no Docker engine: constructing or starting the container raises
-        from testcontainers.rabbitmq import RabbitMqContainer
+        try:
+            from testcontainers.community.rabbitmq import RabbitMqContainer
+        except ImportError:  # testcontainers before 4.10
+            from testcontainers.rabbitmq import RabbitMqContainer
 
         container = RabbitMqContainer("rabbitmq:3.13-alpine").start()
 

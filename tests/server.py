@@ -40,6 +40,7 @@ class Server:
             "--store", f"sqlite:///{data_dir}/store.db", "--device", "cpu", *extra,
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
+        self.mode = "rabbitmq" if "--broker" in extra else "embedded"
 
     def start(self, *, ready: bool = True, timeout_s: float = 120) -> Server:
         log = self.log_path.open("ab")
@@ -73,6 +74,38 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+class WorkerProcess:
+    """A real `blipq worker` subprocess consuming from RabbitMQ."""
+
+    def __init__(self, model: Path, broker_url: str, log_path: Path, *extra: str, env: dict[str, str] | None = None):
+        self.command = [
+            sys.executable, "-m", "blipq", "worker", "--broker", broker_url, "--model", str(model), "--device", "cpu",
+            *extra,
+        ]  # fmt: skip
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=log, env=self.env, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 120) -> None:

@@ -20,11 +20,12 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=None, responses=error_responses(503))
-def readyz(service: ServiceDep) -> dict[str, object] | Response:
-    """The store answers and the broker can run jobs now (embedded: the model is loaded and its thread alive)."""
+async def readyz(service: ServiceDep) -> dict[str, object] | Response:
+    """The store answers and the broker can run jobs now: embedded, the model is loaded and its thread alive;
+    with RabbitMQ, the gateway is connected and at least one worker consumes the request queue."""
     try:
         depth = service.store.pending_images()
-        details = service.broker.readiness()
+        details = await service.broker.readiness()
     except BlipqError as exc:
         return response_for(exc)
     return {"status": "ready", "queue_depth": depth, **details}

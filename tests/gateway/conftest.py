@@ -19,17 +19,35 @@ from inference.batcher import BatcherConfig
 from inference.engine import CaptionEngine
 from inference.fetch import FetchPolicy
 from inference.metrics import InferenceMetrics
-from tests.server import Server, wait_until
+from tests.rabbitmq import TestBroker
+from tests.server import Server, WorkerProcess, wait_until
 
 
-@pytest.fixture(scope="package")
-def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One real `blipq serve` (uvicorn + SQLite + the model on its threads) shared by the API tests."""
+@pytest.fixture(scope="package", params=["embedded", "rabbitmq"])
+def server(
+    request: pytest.FixtureRequest,
+    tiny_checkpoint: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    rabbitmq: TestBroker,
+) -> Iterator[Server]:
+    """A real `blipq serve` shared by the API tests, in each mode: embedded (uvicorn + SQLite + the model on
+    its threads), and over RabbitMQ (the gateway publishing to a real broker, a `blipq worker` consuming)."""
     # The loopback file server stands in for the internet: allow it past the SSRF address check.
     allow_loopback = {"BLIPQ_FETCH_ALLOW_NETWORKS": "127.0.0.0/8"}
-    running = Server(tiny_checkpoint, tmp_path_factory.mktemp("serve"), env=allow_loopback).start()
-    yield running
-    running.stop()
+    data = tmp_path_factory.mktemp(f"serve-{request.param}")
+    if request.param == "embedded":
+        running = Server(tiny_checkpoint, data, env=allow_loopback).start()
+        yield running
+        running.stop()
+        return
+    url = rabbitmq.fresh_url()
+    worker = WorkerProcess(tiny_checkpoint, url, data / "worker.log", env=allow_loopback).start()
+    try:
+        running = Server(tiny_checkpoint, data, "--broker", url, env=allow_loopback).start()
+        yield running
+        running.stop()
+    finally:
+        worker.stop()
 
 
 class HeldModelBroker(InProcessBroker):

@@ -6,10 +6,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -164,3 +168,28 @@ def test_no_reply_to_is_rejected_and_the_worker_keeps_going(publisher: OutsidePu
     publisher.publish(request(pictures(1)), f"lost-{uuid.uuid4().hex}", reply_to=None)
     publisher.publish(request(pictures(1)), "after")
     assert publisher.replies(1)["after"]["status"] == "succeeded"
+
+
+def readme_publisher() -> str:
+    """The Python example of README's "Publishing to the queue directly", as printed."""
+    text = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Publishing to the queue directly", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_publisher_works_as_printed(
+    amqp_url: str, worker: AmqpWorker, engine: CaptionEngine, tmp_path: Path
+) -> None:
+    image = tmp_path / "cat.png"
+    image.write_bytes(pictures(1)[0])
+    result = subprocess.run(
+        [sys.executable, "-c", readme_publisher()],
+        env={**os.environ, "AMQP_URL": amqp_url, "IMAGE": str(image)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    caption = engine.caption([decode_image(image.read_bytes())], CaptionOptions())
+    assert result.stdout.strip() == f"succeeded {caption}"

@@ -1,0 +1,48 @@
+"""`blipq worker`: load the model once, consume from RabbitMQ until SIGTERM, then answer what is in hand."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from prometheus_client import start_http_server
+
+from blipq.serving import show_progress_logs
+from engine_build.checkpoint import resolve_checkpoint
+from inference.amqp_worker import AmqpWorker
+from inference.batcher import BatcherConfig
+from inference.engine import CaptionEngine, quiet_transformers
+from inference.metrics import InferenceMetrics
+from inference.settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: InferenceSettings) -> None:
+    assert settings.broker_url is not None
+    show_progress_logs()
+    quiet_transformers()
+    checkpoint = resolve_checkpoint(settings.model, settings.checkpoints_dir)
+    engine = CaptionEngine.load(checkpoint, device=settings.device, dtype=settings.dtype)
+    metrics = InferenceMetrics()
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, registry=metrics.registry)
+    worker = AmqpWorker(
+        settings.broker_url, engine, BatcherConfig.of(settings), model_name=settings.model,
+        max_messages=settings.max_queued_messages, max_images=settings.max_images_per_job, metrics=metrics,
+    )  # fmt: skip
+    # The handler only records the signal: setting an Event from a handler can deadlock on the Event's
+    # own lock, so the main thread sets it while the worker runs in another thread.
+    signals: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _frame: signals.append(received))
+    log.info("worker ready: %s on %s", checkpoint, engine.device)
+    stop = threading.Event()
+    runner = threading.Thread(target=worker.run, args=(stop,), name="blipq-amqp")
+    runner.start()
+    while runner.is_alive():
+        runner.join(0.2)
+        if signals and not stop.is_set():
+            log.info("signal %d: answering the requests in hand, then exiting", signals[0])
+            stop.set()

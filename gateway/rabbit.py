@@ -1,0 +1,183 @@
+"""The gateway's RabbitMQ transport (aio-pika): publish jobs with confirms and reply-to correlation, consume
+the replies from this gateway's own durable queue.
+
+A job is accepted only once the broker confirmed its message. A full request queue nacks the publish
+(`x-overflow: reject-publish`): 429 `queue_full`; no connection: 503 `queue_unavailable`. The robust
+connection reconnects with capped backoff and redeclares the queues and the reply consumer by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+
+import aio_pika
+import aio_pika.abc
+from pamqp import commands
+from pydantic import ValidationError
+
+from contract.amqp import (
+    CONTENT_TYPE,
+    DEAD_LETTER_EXCHANGE,
+    DEAD_QUEUE,
+    EXCHANGE,
+    REQUEST_QUEUE,
+    ROUTING_KEY,
+    CaptionReply,
+    QueueSpec,
+    reply_queue,
+    request_queue,
+)
+from contract.errors import ModelUnavailable, QueueFull, QueueUnavailable
+from contract.messages import ErrorInfo, ImageResult
+from contract.requests import ImageSpec, JobRequest
+from gateway.broker import Dispatch, JobFinished, OutcomeHandler
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 10.0
+PUBLISH_TIMEOUT_S = 10.0
+#: What a 429 for a full broker queue tells clients to wait.
+QUEUE_FULL_RETRY_AFTER_S = 5
+
+_BROKER_ERRORS = (aio_pika.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
+
+
+class RabbitBroker:
+    replays_unfinished = False  # the broker keeps every confirmed request across our restarts
+
+    def __init__(self, url: str, *, gateway_id: str, max_messages: int) -> None:
+        self.url = url
+        self.max_messages = max_messages
+        self.replies: QueueSpec = reply_queue(gateway_id)
+        self._on_outcome: OutcomeHandler | None = None
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._connecting: asyncio.Task[None] | None = None
+
+    async def start(self, on_outcome: OutcomeHandler) -> None:
+        """Connect in the background: the gateway serves (503 for jobs) until the broker answers."""
+        self._on_outcome = on_outcome
+        self._connecting = asyncio.create_task(self._connect_until_done())
+
+    async def _connect_until_done(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._connect()
+                return
+            except _BROKER_ERRORS as exc:
+                log.warning("cannot reach RabbitMQ (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+
+    async def _connect(self) -> None:
+        connection = await aio_pika.connect_robust(self.url, reconnect_interval=1, fail_fast=True)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+            dead = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+            requests = await self._declare(channel, request_queue(self.max_messages))
+            await requests.bind(exchange, ROUTING_KEY)
+            await (await self._declare(channel, DEAD_QUEUE)).bind(dead)
+            replies = await self._declare(channel, self.replies)
+            await replies.consume(self._on_reply)
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection, self._channel, self._exchange = connection, channel, exchange
+        log.info("connected to RabbitMQ; replies come to %s", self.replies.name)
+
+    @staticmethod
+    async def _declare(channel: aio_pika.abc.AbstractChannel, spec: QueueSpec) -> aio_pika.abc.AbstractQueue:
+        return await channel.declare_queue(spec.name, durable=True, arguments=dict(spec.arguments))
+
+    async def publish(self, dispatch: Dispatch) -> None:
+        if self._exchange is None or self._connection is None or self._connection.is_closed:
+            raise QueueUnavailable("RabbitMQ is not connected; retry shortly")
+        images = [
+            ImageSpec(url=image.url) if image.data is None else ImageSpec(b64=base64.b64encode(image.data).decode())
+            for image in dispatch.images
+        ]
+        body = JobRequest(images=images, options=dispatch.options).model_dump_json(exclude_none=True)
+        message = aio_pika.Message(
+            body.encode(),
+            content_type=CONTENT_TYPE,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            correlation_id=dispatch.job_id,
+            reply_to=self.replies.name,
+        )
+        try:
+            confirmation = await self._exchange.publish(message, ROUTING_KEY, mandatory=True, timeout=PUBLISH_TIMEOUT_S)
+        except aio_pika.exceptions.DeliveryError as exc:
+            raise _refused(exc.frame) from None
+        except _BROKER_ERRORS as exc:
+            raise QueueUnavailable(f"RabbitMQ did not take the job: {type(exc).__name__}: {exc}") from None
+        if not isinstance(confirmation, commands.Basic.Ack):
+            raise _refused(confirmation)
+
+    async def readiness(self) -> dict[str, object]:
+        """Connected, and at least one worker consumes the request queue (a passive declare tells)."""
+        if self._channel is None or self._connection is None or self._connection.is_closed:
+            raise QueueUnavailable("RabbitMQ is not connected")
+        try:
+            channel = await self._connection.channel()
+            try:
+                queue = await channel.declare_queue(REQUEST_QUEUE, passive=True)
+            finally:
+                with contextlib.suppress(*_BROKER_ERRORS):
+                    await channel.close()
+        except _BROKER_ERRORS as exc:
+            raise QueueUnavailable(f"RabbitMQ does not answer: {type(exc).__name__}: {exc}") from None
+        declared = queue.declaration_result
+        if not declared.consumer_count:
+            raise ModelUnavailable(f"no worker consumes {REQUEST_QUEUE}; start one with `blipq worker --broker ...`")
+        return {"mode": "rabbitmq", "workers": declared.consumer_count, "waiting_messages": declared.message_count}
+
+    async def stop(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+        if self._connection is not None:
+            with contextlib.suppress(*_BROKER_ERRORS):
+                await self._connection.close()
+
+    async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async with message.process(ignore_processed=True):
+            try:
+                reply = CaptionReply.model_validate_json(message.body)
+            except ValidationError as exc:
+                log.warning("reply %s is not a caption reply; dropped: %s", message.correlation_id, exc)
+                return
+            assert self._on_outcome is not None
+            self._on_outcome(_outcome(reply))
+
+
+def _outcome(reply: CaptionReply) -> JobFinished:
+    if reply.error is not None:
+        return JobFinished(reply.id, error=ErrorInfo(reply.error.code, reply.error.message))
+    results = [
+        ImageResult(caption=image.caption)
+        if image.caption is not None and image.error is None
+        else ImageResult(error=ErrorInfo(image.error.code, image.error.message) if image.error else _no_caption())
+        for image in reply.images
+    ]
+    return JobFinished(reply.id, results)
+
+
+def _no_caption() -> ErrorInfo:
+    return ErrorInfo("model_error", "the worker's reply had neither a caption nor an error for this image")
+
+
+def _refused(frame: object) -> QueueFull | QueueUnavailable:
+    if isinstance(frame, commands.Basic.Nack):
+        return QueueFull(
+            f"the request queue is full (x-max-length); retry in {QUEUE_FULL_RETRY_AFTER_S} s", QUEUE_FULL_RETRY_AFTER_S
+        )
+    if isinstance(frame, commands.Basic.Return):
+        return QueueUnavailable(f"no queue is bound to exchange {EXCHANGE!r} for {ROUTING_KEY!r}")
+    return QueueUnavailable(f"RabbitMQ did not confirm the job ({type(frame).__name__})")

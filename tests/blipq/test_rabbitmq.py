@@ -1,0 +1,106 @@
+"""`blipq serve --broker` and `blipq worker` as real processes on a real RabbitMQ, under failures: a worker
+killed while holding messages, the broker stopped and started again, the gateway killed and restarted."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from contract.options import CaptionOptions
+from inference.decode import decode_image
+from inference.engine import CaptionEngine
+from tests.helpers import pictures
+from tests.rabbitmq import RabbitNode
+from tests.server import Server, WorkerProcess, get_job, submit_job, wait_until
+
+
+def statuses(server: Server, ids: list[str]) -> list[str]:
+    return [get_job(server, job_id)["status"] for job_id in ids]
+
+
+def assert_captioned(server: Server, ids: list[str], batches: list[list[bytes]], engine: CaptionEngine) -> None:
+    for job_id, images in zip(ids, batches, strict=True):
+        job: dict[str, Any] = get_job(server, job_id)
+        assert job["status"] == "succeeded", job
+        expected = engine.caption([decode_image(image) for image in images], CaptionOptions())
+        assert [image["caption"] for image in job["images"]] == expected
+
+
+def test_a_killed_workers_messages_are_finished_by_another(
+    amqp_url: str, tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
+) -> None:
+    first = WorkerProcess(tiny_checkpoint, amqp_url, tmp_path / "first.log", "--max-batch", "1").start()
+    gateway = Server(tiny_checkpoint, tmp_path, "--broker", amqp_url).start()
+    second = WorkerProcess(tiny_checkpoint, amqp_url, tmp_path / "second.log", "--max-batch", "4")
+    try:
+        batches = [pictures(40)[i : i + 10] for i in range(0, 40, 10)]
+        ids = [submit_job(gateway, images) for images in batches]
+        wait_until(lambda: "succeeded" in statuses(gateway, ids))
+        first.kill()  # it holds the next messages, unacked (prefetch 2)
+        assert statuses(gateway, ids).count("succeeded") < len(ids)
+        second.start()
+        wait_until(lambda: set(statuses(gateway, ids)) == {"succeeded"})
+        assert_captioned(gateway, ids, batches, engine)
+    finally:
+        gateway.stop()
+        second.stop()
+
+
+def test_the_broker_stopped_and_started_again_loses_no_accepted_job(
+    tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
+) -> None:
+    node = RabbitNode(tmp_path / "node").start()
+    worker = WorkerProcess(tiny_checkpoint, node.url(), tmp_path / "worker.log", "--max-batch", "1").start()
+    gateway = Server(tiny_checkpoint, tmp_path, "--broker", node.url()).start()
+    try:
+        images = pictures(12)
+        body = {"imgb64s": [base64.b64encode(image).decode() for image in images]}
+        blocking: list[httpx.Response] = []
+        request = threading.Thread(
+            target=lambda: blocking.append(httpx.post(f"{gateway.url}/captionImageBlocking", json=body, timeout=120))
+        )
+        request.start()
+        batches = [pictures(20)[i : i + 5] for i in range(0, 20, 5)]
+        ids = [submit_job(gateway, batch) for batch in batches]
+        node.stop()
+        refused = httpx.post(f"{gateway.url}/v1/jobs", json={"images": [{"b64": body["imgb64s"][0]}]}, timeout=30)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (503, "queue_unavailable")
+        assert httpx.get(f"{gateway.url}/readyz", timeout=10).status_code == 503
+        assert gateway.process is not None
+        assert gateway.process.poll() is None
+        assert worker.process is not None
+        assert worker.process.poll() is None
+        node.start()
+        wait_until(lambda: set(statuses(gateway, ids)) == {"succeeded"}, timeout_s=180)
+        assert_captioned(gateway, ids, batches, engine)
+        request.join(120)
+        assert blocking[0].status_code == 200, blocking[0].text
+        assert blocking[0].json()["result"] == engine.caption([decode_image(i) for i in images], CaptionOptions())
+    finally:
+        gateway.stop()
+        worker.stop()
+        node.stop()
+
+
+def test_a_restarted_gateway_records_the_replies_that_waited_for_it(
+    amqp_url: str, tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
+) -> None:
+    worker = WorkerProcess(tiny_checkpoint, amqp_url, tmp_path / "worker.log", "--max-batch", "4").start()
+    identity = ("--broker", amqp_url, "--gateway-id", "gw-restart")
+    first = Server(tiny_checkpoint, tmp_path, *identity).start()
+    try:
+        batches = [pictures(24)[i : i + 8] for i in range(0, 24, 8)]
+        ids = [submit_job(first, batch) for batch in batches]
+        first.kill()  # replies for these jobs now wait in blipq.replies.gw-restart
+        second = Server(tiny_checkpoint, tmp_path, *identity).start()
+        try:
+            wait_until(lambda: set(statuses(second, ids)) == {"succeeded"})
+            assert_captioned(second, ids, batches, engine)
+        finally:
+            second.stop()
+    finally:
+        worker.stop()
