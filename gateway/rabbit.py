@@ -42,7 +42,14 @@ PUBLISH_TIMEOUT_S = 10.0
 #: What a 429 for a full broker queue tells clients to wait.
 QUEUE_FULL_RETRY_AFTER_S = 5
 
-_BROKER_ERRORS = (aio_pika.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
+#: What a lost or refused connection raises (ChannelInvalidStateError is a RuntimeError, not an AMQPError).
+_BROKER_ERRORS = (
+    aio_pika.exceptions.AMQPError,
+    aio_pika.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 class RabbitBroker:
@@ -54,7 +61,6 @@ class RabbitBroker:
         self.replies: QueueSpec = reply_queue(gateway_id)
         self._on_outcome: OutcomeHandler | None = None
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
-        self._channel: aio_pika.abc.AbstractChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
         self._connecting: asyncio.Task[None] | None = None
 
@@ -88,15 +94,19 @@ class RabbitBroker:
         except BaseException:
             await connection.close()
             raise
-        self._connection, self._channel, self._exchange = connection, channel, exchange
+        self._connection, self._exchange = connection, exchange
         log.info("connected to RabbitMQ; replies come to %s", self.replies.name)
 
     @staticmethod
     async def _declare(channel: aio_pika.abc.AbstractChannel, spec: QueueSpec) -> aio_pika.abc.AbstractQueue:
         return await channel.declare_queue(spec.name, durable=True, arguments=dict(spec.arguments))
 
+    def _connected(self) -> bool:
+        """Connected now: not before the first connection, nor while the robust connection reconnects."""
+        return self._connection is not None and self._connection.connected.is_set()
+
     async def publish(self, dispatch: Dispatch) -> None:
-        if self._exchange is None or self._connection is None or self._connection.is_closed:
+        if self._exchange is None or not self._connected():
             raise QueueUnavailable("RabbitMQ is not connected; retry shortly")
         images = [
             ImageSpec(url=image.url) if image.data is None else ImageSpec(b64=base64.b64encode(image.data).decode())
@@ -121,7 +131,7 @@ class RabbitBroker:
 
     async def readiness(self) -> dict[str, object]:
         """Connected, and at least one worker consumes the request queue (a passive declare tells)."""
-        if self._channel is None or self._connection is None or self._connection.is_closed:
+        if self._connection is None or not self._connected():
             raise QueueUnavailable("RabbitMQ is not connected")
         try:
             channel = await self._connection.channel()
@@ -130,7 +140,7 @@ class RabbitBroker:
             finally:
                 with contextlib.suppress(*_BROKER_ERRORS):
                     await channel.close()
-        except _BROKER_ERRORS as exc:
+        except (*_BROKER_ERRORS, RuntimeError) as exc:  # RuntimeError: the connection dropped just now
             raise QueueUnavailable(f"RabbitMQ does not answer: {type(exc).__name__}: {exc}") from None
         declared = queue.declaration_result
         if not declared.consumer_count:
