@@ -4,11 +4,15 @@ killed while holding messages, the broker stopped and started again, the gateway
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pika
+import pika.exceptions
 
 from contract.options import CaptionOptions
 from inference.decode import decode_image
@@ -104,3 +108,75 @@ def test_a_restarted_gateway_records_the_replies_that_waited_for_it(
             second.stop()
     finally:
         worker.stop()
+
+
+def test_two_gateways_and_two_workers_each_gateway_gets_its_own_answers(
+    amqp_url: str, tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
+) -> None:
+    workers = [
+        WorkerProcess(tiny_checkpoint, amqp_url, tmp_path / f"worker-{n}.log", "--max-batch", "4").start()
+        for n in range(2)
+    ]
+    gateways = [
+        Server(tiny_checkpoint, tmp_path / f"gw-{n}", "--broker", amqp_url, "--gateway-id", f"gw-{n}").start()
+        for n in range(2)
+    ]
+    try:
+        images = pictures(16)
+        batches = {n: [images[i : i + 2] for i in range(8 * n, 8 * n + 8, 2)] for n in range(2)}
+        ids = {n: [submit_job(gateways[n], batch) for batch in batches[n]] for n in range(2)}
+        for n, gateway in enumerate(gateways):
+            wait_until(lambda g=gateway, i=ids[n]: set(statuses(g, i)) == {"succeeded"})
+            assert_captioned(gateway, ids[n], batches[n], engine)
+            listed = {job["id"] for job in httpx.get(f"{gateway.url}/captionImage", timeout=10).json()}
+            assert listed == set(ids[n])  # each gateway lists the jobs it accepted, and only those
+        ready = httpx.get(f"{gateways[0].url}/readyz", timeout=10).json()
+        assert ready["workers"] == 2
+    finally:
+        for running in (*gateways, *workers):
+            running.stop()
+
+
+def test_a_message_that_kills_its_worker_each_time_is_answered_worker_lost(
+    amqp_url: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Delivered, worker killed, four times (the delivery limit is 3): then dead-lettered and answered."""
+    client = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = client.channel()
+    replies = channel.queue_declare("", exclusive=True).method.queue
+    worker_command = ("--max-batch", "1")
+    first = WorkerProcess(tiny_checkpoint, amqp_url, tmp_path / "w0.log", *worker_command).start()
+    wait_until(lambda: _queue_exists(amqp_url, "blipq.caption"))
+    first.kill()
+    body = {"images": [{"b64": base64.b64encode(image).decode()} for image in pictures(40)]}
+    properties = pika.BasicProperties(content_type="application/json", reply_to=replies, correlation_id="poison")
+    channel.basic_publish("blipq", "caption", json.dumps(body), properties)
+    for attempt in range(4):
+        worker = WorkerProcess(tiny_checkpoint, amqp_url, tmp_path / f"w{attempt + 1}.log", *worker_command).start()
+        wait_until(lambda: _held_by_a_worker(amqp_url))
+        worker.kill()
+    last = WorkerProcess(tiny_checkpoint, amqp_url, tmp_path / "last.log", *worker_command).start()
+    try:
+        _method, _properties, reply = next(channel.consume(replies, auto_ack=True, inactivity_timeout=120))
+        assert reply is not None, "no reply"
+        answer = json.loads(reply)
+        assert (answer["id"], answer["status"], answer["error"]["code"]) == ("poison", "failed", "worker_lost")
+    finally:
+        last.stop()
+        client.close()
+
+
+def _queue_exists(url: str, name: str) -> bool:
+    with contextlib.closing(pika.BlockingConnection(pika.URLParameters(url))) as connection:
+        try:
+            connection.channel().queue_declare(name, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return False
+    return True
+
+
+def _held_by_a_worker(url: str) -> bool:
+    """The request is delivered (not ready) and a worker consumes: it is working on it."""
+    with contextlib.closing(pika.BlockingConnection(pika.URLParameters(url))) as connection:
+        declared = connection.channel().queue_declare("blipq.caption", passive=True).method
+    return bool(declared.message_count == 0 and declared.consumer_count == 1)
