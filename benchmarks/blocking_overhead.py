@@ -7,12 +7,17 @@ The difference is the cost of the blocking route: HTTP, validation, storing, wak
 waiting request, and the response.
 
     python -m benchmarks.blocking_overhead --requests 200
+    python -m benchmarks.blocking_overhead --requests 200 --rabbitmq   # gateway + worker over RabbitMQ
+
+With --rabbitmq the server is `blipq serve --broker` on a RabbitMQ node started here, and a
+`blipq worker` captions; the job's own time then includes publish, consume, reply and recording.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import platform
 import statistics
 import tempfile
@@ -23,7 +28,8 @@ import httpx
 
 from engine_build.synthetic import write_test_checkpoint
 from tests.helpers import drawing, encode
-from tests.server import Server
+from tests.rabbitmq import RabbitNode
+from tests.server import Server, WorkerProcess
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -35,10 +41,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--model", type=Path, help="checkpoint directory (default: a fresh tiny test model)")
+    parser.add_argument("--rabbitmq", action="store_true", help="gateway and worker over RabbitMQ")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
         model = args.model or write_test_checkpoint(Path(scratch) / "tiny", size="tiny")
-        server = Server(model, Path(scratch)).start()
+        extra: list[str] = []
+        if args.rabbitmq:
+            node = RabbitNode(Path(scratch) / "node").start()
+            stack.callback(node.stop)
+            worker = WorkerProcess(model, node.url(), Path(scratch) / "worker.log").start()
+            stack.callback(worker.stop)
+            extra = ["--broker", node.url()]
+        server = Server(model, Path(scratch), *extra).start()
         try:
             body = {"imgb64s": [base64.b64encode(encode(drawing(320, 240, "white", "teal"), "JPEG")).decode()]}
             round_trips, own, overhead = [], [], []
@@ -57,7 +71,8 @@ def main() -> None:
         finally:
             server.stop()
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}")
-    print(f"model: {model}; {args.requests} sequential single-image requests\n")
+    mode = "gateway + worker over RabbitMQ" if args.rabbitmq else "embedded"
+    print(f"model: {model}; {mode}; {args.requests} sequential single-image requests\n")
     print("| ms | median | p95 |")
     print("|---|---|---|")
     for name, values in (("round trip", round_trips), ("job's own time", own), ("blocking overhead", overhead)):
