@@ -41,6 +41,7 @@ class Server:
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
         self.mode = "rabbitmq" if "--broker" in extra else "embedded"
+        self.worker_metrics_url: str | None = None  # the `blipq worker`'s, in the RabbitMQ mode
 
     def start(self, *, ready: bool = True, timeout_s: float = 120) -> Server:
         log = self.log_path.open("ab")

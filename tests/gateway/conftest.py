@@ -20,7 +20,7 @@ from inference.engine import CaptionEngine
 from inference.fetch import FetchPolicy
 from inference.metrics import InferenceMetrics
 from tests.rabbitmq import TestBroker
-from tests.server import Server, WorkerProcess, wait_until
+from tests.server import Server, WorkerProcess, free_port, wait_until
 
 
 @pytest.fixture(scope="package", params=["embedded", "rabbitmq"])
@@ -41,9 +41,13 @@ def server(
         running.stop()
         return
     url = rabbitmq.fresh_url()
-    worker = WorkerProcess(tiny_checkpoint, url, data / "worker.log", env=allow_loopback).start()
+    metrics_port = free_port()
+    worker = WorkerProcess(
+        tiny_checkpoint, url, data / "worker.log", "--metrics-port", str(metrics_port), env=allow_loopback
+    ).start()
     try:
         running = Server(tiny_checkpoint, data, "--broker", url, env=allow_loopback).start()
+        running.worker_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         yield running
         running.stop()
     finally:

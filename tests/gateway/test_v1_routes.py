@@ -96,9 +96,10 @@ def test_health_readiness_metrics_docs(server: Server) -> None:
     metrics = httpx.get(f"{server.url}/metrics").text
     assert "blipq_jobs_created_total" in metrics
     assert "blipq_queue_depth" in metrics
-    if server.mode == "embedded":  # the inference side's metrics, served with the gateway's
-        assert "blipq_images_captioned_total" in metrics
-        assert "blipq_batch_size_bucket" in metrics
+    # The inference side's metrics: served with the gateway's in the embedded mode, by the worker otherwise.
+    inference = metrics if server.worker_metrics_url is None else httpx.get(server.worker_metrics_url).text
+    assert "blipq_images_captioned_total" in inference
+    assert "blipq_batch_size_bucket" in inference
     assert httpx.get(f"{server.url}/docs").status_code == 200
     paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
     assert {"/captionImage", "/captionImageBlocking", "/v1/jobs", "/v1/captions", "/v1/hf"} <= set(paths)
