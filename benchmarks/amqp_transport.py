@@ -32,6 +32,7 @@ from typing import Any
 import pika
 from PIL import Image
 
+from contract.images import ImagePolicy
 from contract.options import CaptionOptions
 from inference.amqp_worker import AmqpWorker
 from inference.batcher import BatcherConfig
@@ -124,7 +125,7 @@ def main() -> None:
             engine = InstantEngine()
             worker = AmqpWorker(
                 node.url(), engine, BatcherConfig(max_batch=args.max_batch, batch_wait_ms=2),  # type: ignore[arg-type]
-                model_name="none", max_messages=100_000, max_images=256,
+                model_name="none", max_messages=100_000, max_images=256, request_policy=ImagePolicy(),
             )  # fmt: skip
             stop = threading.Event()
             thread = threading.Thread(target=worker.run, args=(stop,))

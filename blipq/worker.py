@@ -9,6 +9,7 @@ import threading
 from prometheus_client import start_http_server
 
 from blipq.serving import show_progress_logs
+from contract.images import ImagePolicy
 from engine_build.checkpoint import resolve_checkpoint
 from inference.amqp_worker import AmqpWorker
 from inference.batcher import BatcherConfig
@@ -30,7 +31,8 @@ def run_worker(settings: InferenceSettings) -> None:
         start_http_server(settings.metrics_port, registry=metrics.registry)
     worker = AmqpWorker(
         settings.broker_url, engine, BatcherConfig.of(settings), model_name=settings.model,
-        max_messages=settings.max_queued_messages, max_images=settings.max_images_per_job, metrics=metrics,
+        max_messages=settings.max_queued_messages, max_images=settings.max_images_per_job,
+        request_policy=ImagePolicy.of(settings), metrics=metrics,
     )  # fmt: skip
     # The handler only records the signal: setting an Event from a handler can deadlock on the Event's
     # own lock, so the main thread sets it while the worker runs in another thread.

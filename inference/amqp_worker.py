@@ -29,6 +29,7 @@ from contract.amqp import (
     request_queue,
 )
 from contract.errors import BlipqError
+from contract.images import ImagePolicy
 from contract.messages import ImageResult
 from inference.batcher import Batcher, BatcherConfig, WorkItem
 from inference.engine import CaptionEngine
@@ -68,13 +69,17 @@ class AmqpWorker:
         model_name: str,
         max_messages: int,
         max_images: int,
+        request_policy: ImagePolicy,
         metrics: InferenceMetrics | None = None,
     ) -> None:
+        """`request_policy` checks each image of a message on arrival, bytes included (a message may come from
+        any publisher, not only from a gateway that checked it already)."""
         self.url = url
         self.config = config
         self.model_name = model_name
         self.max_messages = max_messages
         self.max_images = max_images
+        self.request_policy = request_policy
         self.batcher = Batcher(engine, config, on_start=lambda item: None, on_done=self._done, metrics=metrics)
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
@@ -150,7 +155,7 @@ class AmqpWorker:
             channel.basic_reject(tag, requeue=False)
             return
         try:
-            request = parse_request(body, self.config.policy, self.max_images)
+            request = parse_request(body, self.request_policy, self.max_images)
         except BlipqError as exc:
             log.warning("request %s rejected: %s", properties.correlation_id, exc.message)
             channel.basic_reject(tag, requeue=False)  # answered from the dead-letter queue

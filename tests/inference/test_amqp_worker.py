@@ -19,6 +19,7 @@ from typing import Any
 import pika
 import pytest
 
+from contract.images import ImagePolicy
 from contract.options import CaptionOptions
 from inference.amqp_worker import AmqpWorker
 from inference.batcher import BatcherConfig
@@ -31,7 +32,7 @@ from tests.helpers import pictures
 def running_worker(amqp_url: str, engine: CaptionEngine) -> Iterator[AmqpWorker]:
     running = AmqpWorker(
         amqp_url, engine, BatcherConfig(max_batch=8, batch_wait_ms=100), model_name="tiny", max_messages=1000,
-        max_images=16,
+        max_images=16, request_policy=ImagePolicy(max_bytes=1_000_000),
     )  # fmt: skip
     stop = threading.Event()
     thread = threading.Thread(target=running.run, args=(stop,))
@@ -193,3 +194,15 @@ def test_the_readme_publisher_works_as_printed(
     assert result.returncode == 0, result.stderr
     caption = engine.caption([decode_image(image.read_bytes())], CaptionOptions())
     assert result.stdout.strip() == f"succeeded {caption}"
+
+
+def test_the_workers_limits_apply_to_every_publisher(publisher: OutsidePublisher) -> None:
+    """Images over max_image_bytes are refused one by one; a message over max_images_per_job as a whole."""
+    publisher.publish(request([pictures(1)[0], b"\x89PNG" + bytes(1_100_000)]), "big-image")
+    publisher.publish(request(pictures(1) * 17), "too-many")
+    replies = publisher.replies(2)
+    big = replies["big-image"]
+    assert [image["status"] for image in big["images"]] == ["done", "failed"]
+    assert big["images"][1]["error"]["code"] == "input_too_large"
+    assert "max_image_bytes limit of 1000000" in big["images"][1]["error"]["message"]
+    assert (replies["too-many"]["status"], replies["too-many"]["error"]["code"]) == ("failed", "invalid_request")
