@@ -18,13 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+from tests.server import free_port, terminate
+
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _port_open(port: int) -> bool:
@@ -38,7 +34,7 @@ class RabbitNode:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         self.name = f"blipq-test-{self.port}@localhost"
         root.mkdir(parents=True, exist_ok=True)
         (root / "enabled_plugins").write_text("[].\n")
@@ -48,7 +44,7 @@ class RabbitNode:
             "RABBITMQ_NODENAME": self.name,
             "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
             "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(_free_port()),
+            "RABBITMQ_DIST_PORT": str(free_port()),
             "RABBITMQ_MNESIA_BASE": str(root / "mnesia"),
             "RABBITMQ_LOG_BASE": str(root / "log"),
             "RABBITMQ_CONFIG_FILE": str(root / "rabbitmq"),  # none: the defaults
@@ -82,13 +78,7 @@ class RabbitNode:
 
     def stop(self) -> None:
         """SIGTERM and wait: the node shuts down cleanly and can be started again on the same data."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait()
+        terminate(self.process)
 
     def url(self, vhost: str = "/") -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/{quote(vhost, safe='')}"
