@@ -101,12 +101,13 @@ class RabbitBroker:
     async def _declare(channel: aio_pika.abc.AbstractChannel, spec: QueueSpec) -> aio_pika.abc.AbstractQueue:
         return await channel.declare_queue(spec.name, durable=True, arguments=dict(spec.arguments))
 
-    def _connected(self) -> bool:
+    @property
+    def connected(self) -> bool:
         """Connected now: not before the first connection, nor while the robust connection reconnects."""
         return self._connection is not None and self._connection.connected.is_set()
 
     async def publish(self, dispatch: Dispatch) -> None:
-        if self._exchange is None or not self._connected():
+        if self._exchange is None or not self.connected:
             raise QueueUnavailable("RabbitMQ is not connected; retry shortly")
         images = [
             ImageSpec(url=image.url) if image.data is None else ImageSpec(b64=base64.b64encode(image.data).decode())
@@ -131,7 +132,7 @@ class RabbitBroker:
 
     async def readiness(self) -> dict[str, object]:
         """Connected, and at least one worker consumes the request queue (a passive declare tells)."""
-        if self._connection is None or not self._connected():
+        if self._connection is None or not self.connected:
             raise QueueUnavailable("RabbitMQ is not connected")
         try:
             channel = await self._connection.channel()

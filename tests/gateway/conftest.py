@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -10,11 +12,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from blipq.embedded import InProcessBroker
+from contract.images import ImagePolicy
 from gateway.app import create_app
-from gateway.broker import Dispatch, OutcomeHandler
+from gateway.broker import Broker, Dispatch, OutcomeHandler
 from gateway.jobs import Job
+from gateway.rabbit import RabbitBroker
 from gateway.settings import GatewaySettings
 from gateway.store import open_store
+from inference.amqp_worker import AmqpWorker
 from inference.batcher import BatcherConfig
 from inference.engine import CaptionEngine
 from inference.fetch import FetchPolicy
@@ -85,23 +90,59 @@ class HeldModelBroker(InProcessBroker):
 AppFactory = Callable[..., TestClient]
 
 
-@pytest.fixture
-def make_client(tmp_path: Path, engine: CaptionEngine) -> Iterator[AppFactory]:
-    """Build the app in-process on a real SQLite store with the embedded transport and the tiny model;
-    `model_running=False` holds the model back until `client.app.state.service.broker.run_model()`."""
+class RabbitModel:
+    """The model side over RabbitMQ, in this process: a real `AmqpWorker` thread on the test's broker."""
+
+    def __init__(self, url: str, engine: CaptionEngine, config: BatcherConfig) -> None:
+        self.worker = AmqpWorker(
+            url, engine, config, model_name="tiny", max_messages=1000, max_images=256,
+            request_policy=ImagePolicy(max_bytes=100 * 1024 * 1024),
+        )  # fmt: skip
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.worker.run, args=(self._stop,))
+
+    def run(self) -> None:
+        self._thread.start()
+        assert self.worker.connected.wait(30), "the worker did not connect"
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(60)
+
+
+@pytest.fixture(params=["embedded", "rabbitmq"])
+def make_client(request: pytest.FixtureRequest, tmp_path: Path, engine: CaptionEngine) -> Iterator[AppFactory]:
+    """Build the app in-process on a real SQLite store, in each mode: the embedded transport with the tiny
+    model, or RabbitMQ (the test's broker) with an `AmqpWorker` thread running the tiny model.
+
+    `model_running=False` holds the model back until `client.app.state.run_model()`;
+    `client.app.state.stop_model()` stops it."""
     stack = ExitStack()
     numbers = itertools.count()
+    config = BatcherConfig(max_batch=4, fetch=FetchPolicy(allow_networks=("127.0.0.0/8",)))
+    amqp_url = request.getfixturevalue("amqp_url") if request.param == "rabbitmq" else None
 
     def build(*, model_running: bool = True, **overrides: Any) -> TestClient:
         settings = GatewaySettings(store=f"sqlite:///{tmp_path}/store-{next(numbers)}.db", **overrides)
         store = open_store(settings.store)
         stack.callback(store.close)
-        config = BatcherConfig(max_batch=4, fetch=FetchPolicy(allow_networks=("127.0.0.0/8",)))
-        if model_running:
-            broker: InProcessBroker = InProcessBroker(engine, config, model="tiny", metrics=InferenceMetrics())
+        if amqp_url is None:
+            broker: Broker = HeldModelBroker(engine, config)
+            model: Any = broker
+            run, stop = broker.run_model, lambda: broker.batcher.stop()
         else:
-            broker = HeldModelBroker(engine, config)
-        return stack.enter_context(TestClient(create_app(settings, store, broker)))
+            broker = RabbitBroker(amqp_url, gateway_id=f"test-{uuid.uuid4().hex[:8]}", max_messages=1000)
+            model = RabbitModel(amqp_url, engine, config)
+            stack.callback(model.stop)
+            run, stop = model.run, model.stop
+        client = stack.enter_context(TestClient(create_app(settings, store, broker)))
+        client.app.state.run_model, client.app.state.stop_model = run, stop  # type: ignore[attr-defined]
+        if isinstance(broker, RabbitBroker):
+            wait_until(lambda: broker.connected, timeout_s=30)
+        if model_running:
+            run()
+        return client
 
     with stack:
         yield build

@@ -23,7 +23,7 @@ def test_a_flood_gets_429_with_retry_after_and_the_service_recovers(make_client:
     store = client.app.state.service.store
     assert store.pending_images() == 4  # refused jobs stored nothing
     assert "blipq_jobs_refused_queue_full_total 4.0" in client.get("/metrics").text
-    client.app.state.service.broker.run_model()
+    client.app.state.run_model()
     wait_until(lambda: store.pending_images() == 0, timeout_s=60)
     assert client.post("/captionImage", json=body).status_code == 200
     wait_until(lambda: store.pending_images() == 0, timeout_s=60)

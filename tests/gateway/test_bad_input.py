@@ -8,9 +8,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from gateway.rabbit import RabbitBroker
 from tests.gateway.conftest import AppFactory
 from tests.helpers import drawing, encode
-from tests.server import Server
+from tests.server import Server, wait_until
 
 PNG = base64.b64encode(encode(drawing(20, 20, "white", "red"), "PNG")).decode()
 JSON = {"content-type": "application/json"}
@@ -101,17 +102,25 @@ def test_blocking_timeout_is_504_with_the_job_id(client: TestClient) -> None:
     assert client.post("/v1/hf", content=base64.b64decode(PNG)).status_code == 504
 
 
-def test_a_stopped_model_is_503_on_readyz_and_on_submit(make_client: AppFactory) -> None:
+def test_a_stopped_model_is_503_on_readyz(make_client: AppFactory) -> None:
+    """Embedded, a job cannot be accepted without the model (503, nothing left behind); over RabbitMQ it is
+    accepted, and waits in the broker for a worker."""
     client = make_client()
     assert client.get("/readyz").status_code == 200
-    client.app.state.service.broker.batcher.stop()
+    client.app.state.stop_model()
+    over_rabbitmq = isinstance(client.app.state.service.broker, RabbitBroker)
+    wait_until(lambda: client.get("/readyz").status_code == 503)
     response = client.get("/readyz")
-    assert response.status_code == 503
     assert response.json()["error"]["code"] == "model_unavailable"
-    assert "the model's thread is not running" in response.json()["error"]["message"]
-    refused = client.post("/v1/jobs", json={"images": [{"b64": PNG}]})
-    assert (refused.status_code, refused.json()["error"]["code"]) == (503, "model_unavailable")
-    assert client.get("/v1/jobs").json()["jobs"] == []  # a refused job leaves nothing behind
+    message = "no worker consumes blipq.caption" if over_rabbitmq else "the model's thread is not running"
+    assert message in response.json()["error"]["message"]
+    submitted = client.post("/v1/jobs", json={"images": [{"b64": PNG}]})
+    if over_rabbitmq:
+        assert submitted.status_code == 202
+        assert client.get(f"/v1/jobs/{submitted.json()['id']}").json()["status"] == "queued"
+    else:
+        assert (submitted.status_code, submitted.json()["error"]["code"]) == (503, "model_unavailable")
+        assert client.get("/v1/jobs").json()["jobs"] == []  # a refused job leaves nothing behind
 
 
 def test_a_real_server_survives_garbage(server: Server) -> None:
