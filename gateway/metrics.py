@@ -26,6 +26,17 @@ class GatewayMetrics:
             "blipq_job_outcomes", "Job outcomes received, by whether they were the first.", ["first"],
             registry=self.registry,
         )  # fmt: skip
+        self.publish_seconds = Histogram(
+            "blipq_publish_seconds",
+            "Time for the broker to take a job (over RabbitMQ: until the broker confirmed the publish).",
+            registry=self.registry,
+        )
+        self.job_errors = Counter(
+            "blipq_job_errors",
+            "Jobs answered with an error as a whole, by code (over RabbitMQ: dead letters, e.g. expired, worker_lost).",
+            ["code"],
+            registry=self.registry,
+        )
         depth = Gauge("blipq_queue_depth", "Images queued or being captioned.", registry=self.registry)
 
         def current_depth() -> float:

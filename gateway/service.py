@@ -61,11 +61,13 @@ class Service:
         job_id, created = self.store.create(images, options, owner=caller.owner, idempotency=idempotency)
         if not created:
             return job_id
+        started = time.monotonic()
         try:
             anyio.from_thread.run(self.broker.publish, Dispatch(job_id, images, options))
         except BlipqError:
             self.store.discard(job_id)
             raise
+        self.metrics.publish_seconds.observe(time.monotonic() - started)
         self.metrics.jobs.inc()
         self.metrics.images.inc(len(images))
         return job_id
@@ -103,6 +105,7 @@ class Service:
             self.store.started(outcome.job_id)
             return
         if outcome.error is not None:
+            self.metrics.job_errors.labels(code=outcome.error.code).inc()
             first = self.store.fail(outcome.job_id, outcome.error)
         else:
             first = self.store.finish(outcome.job_id, outcome.results)

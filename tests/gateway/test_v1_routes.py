@@ -96,6 +96,7 @@ def test_health_readiness_metrics_docs(server: Server) -> None:
     metrics = httpx.get(f"{server.url}/metrics").text
     assert "blipq_jobs_created_total" in metrics
     assert "blipq_queue_depth" in metrics
+    assert "blipq_publish_seconds_count" in metrics
     # The inference side's metrics: served with the gateway's in the embedded mode, by the worker otherwise.
     inference = metrics if server.worker_metrics_url is None else httpx.get(server.worker_metrics_url).text
     assert "blipq_images_captioned_total" in inference
