@@ -59,6 +59,10 @@ CheckpointsOpt = Annotated[
 ]
 DeviceOpt = Annotated[str | None, _setting(InferenceSettings, "device", "--device", "auto, cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str | None, _setting(InferenceSettings, "dtype", "--dtype", "auto, fp32, fp16 or bf16.")]
+VisionEngineOpt = Annotated[
+    str | None,
+    _setting(InferenceSettings, "vision_engine", "--vision-engine", "auto, torch or tensorrt (see build-engine)."),
+]
 MaxBatchOpt = Annotated[int | None, _setting(InferenceSettings, "max_batch", "--max-batch", "Images per model call.")]
 
 
@@ -116,6 +120,7 @@ def caption(
     checkpoints_dir: CheckpointsOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    vision_engine: VisionEngineOpt = None,
     num_beams: Annotated[int | None, _generation("num_beams", "Beam width; 1 = greedy.")] = None,
     max_length: Annotated[int | None, _generation("max_length", "Max tokens, prompt included.")] = None,
     min_length: Annotated[int | None, _generation("min_length", "Min tokens, prompt included.")] = None,
@@ -133,6 +138,7 @@ def caption(
         device=device,
         dtype=dtype,
         max_batch=batch_size,
+        vision_engine=vision_engine,
     )
     try:
         options = CaptionOptions.build(
@@ -191,7 +197,9 @@ def _caption_to_output(
     quiet_transformers()
     checkpoint = resolve_checkpoint(settings.model, settings.checkpoints_dir)
     with stderr.status(f"loading {checkpoint}"):
-        engine = CaptionEngine.load(checkpoint, device=settings.device, dtype=settings.dtype)
+        engine = CaptionEngine.load(
+            checkpoint, device=settings.device, dtype=settings.dtype, vision_engine=settings.vision_engine
+        )
     engine.check_options(options)
     # The command line fetches the user's own URLs: private and loopback addresses are fine here.
     fetch = FetchPolicy(timeout_s=settings.fetch_timeout_s, max_bytes=settings.max_fetch_bytes, public_only=False)
@@ -287,13 +295,16 @@ def serve(
     checkpoints_dir: CheckpointsOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    vision_engine: VisionEngineOpt = None,
     max_batch: MaxBatchOpt = None,
     batch_wait_ms: BatchWaitOpt = None,
 ) -> None:
     """Run the HTTP gateway: with --broker it publishes jobs to RabbitMQ for `blipq worker`s; without,
     the model runs in this process too (the embedded mode)."""
     gateway = _settings(GatewaySettings, host=host, port=port, store=store, broker_url=broker, gateway_id=gateway_id)
-    inference = _model_settings(model, checkpoints_dir, device, dtype, max_batch, batch_wait_ms)
+    inference = _model_settings(
+        model, checkpoints_dir, device, dtype, max_batch, batch_wait_ms, vision_engine=vision_engine
+    )
     try:
         if gateway.broker_url is not None:
             from blipq.serving import run_gateway
@@ -318,6 +329,7 @@ def worker(
     checkpoints_dir: CheckpointsOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    vision_engine: VisionEngineOpt = None,
     max_batch: MaxBatchOpt = None,
     batch_wait_ms: BatchWaitOpt = None,
     metrics_port: Annotated[
@@ -326,8 +338,9 @@ def worker(
 ) -> None:
     """Run one inference worker consuming jobs from RabbitMQ (one per GPU). SIGTERM answers what is in hand."""
     settings = _model_settings(
-        model, checkpoints_dir, device, dtype, max_batch, batch_wait_ms, broker=broker, metrics_port=metrics_port
-    )
+        model, checkpoints_dir, device, dtype, max_batch, batch_wait_ms, broker=broker, metrics_port=metrics_port,
+        vision_engine=vision_engine,
+    )  # fmt: skip
     if settings.broker_url is None:
         _fail("blipq worker consumes jobs from RabbitMQ: give --broker amqp://user:pass@host:5672/vhost", code=2)
     from blipq.worker import run_worker
@@ -348,10 +361,12 @@ def _model_settings(
     *,
     broker: str | None = None,
     metrics_port: int | None = None,
+    vision_engine: str | None = None,
 ) -> InferenceSettings:
     return _settings(
         InferenceSettings, model=model, checkpoints_dir=checkpoints_dir, device=device, dtype=dtype,
         max_batch=max_batch, batch_wait_ms=batch_wait_ms, broker_url=broker, metrics_port=metrics_port,
+        vision_engine=vision_engine,
     )  # fmt: skip
 
 

@@ -71,7 +71,9 @@ def run_embedded(gateway: GatewaySettings, inference: InferenceSettings) -> None
     try:
         quiet_transformers()
         checkpoint = resolve_checkpoint(inference.model, inference.checkpoints_dir)
-        engine = CaptionEngine.load(checkpoint, device=inference.device, dtype=inference.dtype)
+        engine = CaptionEngine.load(
+            checkpoint, device=inference.device, dtype=inference.dtype, vision_engine=inference.vision_engine
+        )
     except BaseException:
         store.close()
         raise

@@ -14,7 +14,9 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 from contract.errors import BlipqError, InvalidOptions, ModelFailed, ModelUnavailable
 from contract.options import CaptionOptions
 from inference.device import resolve_device, resolve_dtype
+from inference.settings import VisionEngine
 from inference.speedups import prefilled_cache, use_sdpa_in_vision_encoder
+from inference.vision import choose_vision_encoder
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,15 @@ class CaptionEngine:
         self._prompt_cache: dict[str, list[int]] = {}
         self._prompt_lock = threading.Lock()
         self.generate_calls = 0  # model calls, split retries included
+        self.vision_backend = "torch"
+        self._vision_encoder: torch.nn.Module | None = None  # None: the model's own vision_model
 
     @classmethod
-    def load(cls, checkpoint: Path, *, device: str = "auto", dtype: str = "auto") -> CaptionEngine:
-        """Load a local checkpoint directory (see `resolve_checkpoint`) onto a device."""
+    def load(
+        cls, checkpoint: Path, *, device: str = "auto", dtype: str = "auto", vision_engine: VisionEngine = "torch"
+    ) -> CaptionEngine:
+        """Load a local checkpoint directory (see `resolve_checkpoint`) onto a device, with the vision encoder
+        `vision_engine` picks (`auto`: a matching TensorRT engine if there is one, else torch)."""
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         try:
@@ -58,7 +65,17 @@ class CaptionEngine:
             processor = BlipProcessor.from_pretrained(checkpoint)
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(f"cannot load a BLIP checkpoint from {checkpoint}: {exc}") from None
-        return cls(model, processor, torch_device, torch_dtype)
+        engine = cls(model, processor, torch_device, torch_dtype)
+        encoder = choose_vision_encoder(vision_engine, checkpoint, torch_device, torch_dtype)
+        if encoder is not None:
+            engine.use_vision_encoder(encoder, "tensorrt")
+        return engine
+
+    def use_vision_encoder(self, encoder: torch.nn.Module, name: str) -> None:
+        """Run `encoder` (pixel_values -> last_hidden_state) instead of the model's vision encoder; the
+        decoder stays transformers' and runs in the same dtype."""
+        self._vision_encoder = encoder
+        self.vision_backend = name
 
     def check_options(self, options: CaptionOptions) -> None:
         """Raise `InvalidOptions` for options this checkpoint cannot honour, before any model work."""
@@ -105,7 +122,10 @@ class CaptionEngine:
         start_ids = [text_config.bos_token_id, *prompt_ids[1:-1]] if prompt_ids else [text_config.bos_token_id]
         input_ids = torch.tensor([start_ids] * batch, dtype=torch.long, device=self.device)
         with torch.inference_mode():
-            image_embeds = self.model.vision_model(pixel_values=pixel_values)[0]
+            if self._vision_encoder is None:
+                image_embeds = self.model.vision_model(pixel_values=pixel_values)[0]
+            else:
+                image_embeds = self._vision_encoder(pixel_values)
             output = self.model.text_decoder.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids) if prompt_ids else None,

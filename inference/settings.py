@@ -10,6 +10,8 @@ from pydantic import Field, field_validator
 
 from contract.settings import CommaList, SharedSettings, split_commas
 
+VisionEngine = Literal["auto", "torch", "tensorrt"]
+
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-large"
 
 DType = Literal["auto", "fp32", "fp16", "bf16"]
@@ -20,6 +22,9 @@ class InferenceSettings(SharedSettings):
     checkpoints_dir: Path = Field(Path("checkpoints"), description="Where hub checkpoints are downloaded to.")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps.")
     dtype: DType = Field("auto", description="auto = fp16 on GPU, fp32 on CPU.")
+    vision_engine: VisionEngine = Field(
+        "auto", description="auto (a TensorRT engine built for this GPU if there is one, else torch), torch, tensorrt."
+    )
     max_batch: int = Field(16, ge=1, le=1024, description="Images per model call.")
     batch_wait_ms: int = Field(10, ge=0, le=10_000, description="How long to wait for more images to fill a batch.")
     decode_threads: int = Field(4, ge=1, le=64, description="Threads fetching and decoding images ahead of the model.")
