@@ -40,7 +40,7 @@ AnySettings = TypeVar("AnySettings", bound=SharedSettings)
 def _setting(kind: type[SharedSettings], name: str, flag: str, summary: str, *aliases: str) -> Any:
     """An option for a settings field: left out, the field's environment variable or default applies,
     and the help says both (read from the settings class, so it stays true)."""
-    default = kind.model_fields[name].default
+    default = kind.model_fields[name].get_default(call_default_factory=True)
     # "\[" keeps rich from taking the brackets for markup.
     help_text = f"{summary} \\[env BLIPQ_{name.upper()}; default: {default}]"
     return typer.Option(flag, *aliases, help=help_text, show_default=False)
@@ -253,6 +253,37 @@ def write_test_model(
     with stderr.status(f"writing a random {size} BLIP checkpoint"):
         write_test_checkpoint(directory, size=size, seed=seed)  # type: ignore[arg-type]
     stderr.print(f"wrote a random-weight {size} BLIP checkpoint to {directory}", highlight=False)
+
+
+@app.command("build-engine")
+def build_engine(
+    model: ModelOpt = None,
+    checkpoints_dir: CheckpointsOpt = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the engine takes.")] = 64,
+    opt_batch: Annotated[int, typer.Option("--opt-batch", help="The batch TensorRT tunes for.")] = 32,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Engine folder. Default: <checkpoint>/engines/<sm>-trt<version>.")
+    ] = None,
+) -> None:
+    """Compile the vision encoder to a TensorRT fp16 engine for this GPU, validate it and write it with its
+    manifest (needs CUDA and pip install 'blipq[tensorrt]')."""
+    if not 1 <= opt_batch <= max_batch:
+        _fail(f"--opt-batch must be between 1 and --max-batch ({max_batch}), not {opt_batch}", code=2)
+    from engine_build.checkpoint import resolve_checkpoint
+    from engine_build.tensorrt_build import build_engine as build
+    from engine_build.tensorrt_build import missing_requirement
+
+    missing = missing_requirement()
+    if missing is not None:
+        _fail(missing)
+    settings = _settings(InferenceSettings, model=model, checkpoints_dir=checkpoints_dir)
+    try:
+        checkpoint = resolve_checkpoint(settings.model, settings.checkpoints_dir)
+        with stderr.status(f"building a TensorRT engine for {checkpoint}"):
+            folder = build(checkpoint, max_batch=max_batch, opt_batch=opt_batch, out=out)
+    except BlipqError as exc:
+        _fail(exc.message)
+    stderr.print(f"engine ready in {folder}", highlight=False)
 
 
 @app.command()

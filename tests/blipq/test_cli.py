@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from blipq.cli import app
@@ -160,10 +161,11 @@ def _help(command: str) -> str:
 @pytest.mark.parametrize(
     ("command", "settings"),
     [
-        ("serve", ["host", "port", "store", "broker_url", "model", "checkpoints_dir", "device", "dtype", "max_batch",
-                   "batch_wait_ms"]),
-        ("worker", ["broker_url", "model", "checkpoints_dir", "device", "dtype", "max_batch", "batch_wait_ms"]),
-        ("caption", ["model", "checkpoints_dir", "device", "dtype", "max_batch"]),
+        ("serve", ["host", "port", "store", "broker_url", "gateway_id", "model", "checkpoints_dir", "device", "dtype",
+                   "vision_engine", "max_batch", "batch_wait_ms"]),
+        ("worker", ["broker_url", "model", "checkpoints_dir", "device", "dtype", "vision_engine", "max_batch",
+                    "batch_wait_ms", "metrics_port"]),
+        ("caption", ["model", "checkpoints_dir", "device", "dtype", "max_batch", "vision_engine"]),
         ("download", ["checkpoints_dir"]),
     ],
 )  # fmt: skip
@@ -171,7 +173,7 @@ def test_help_shows_each_options_variable_and_default(command: str, settings: li
     text = _help(command)
     for name in settings:
         fields = GatewaySettings.model_fields | InferenceSettings.model_fields
-        assert f"[env BLIPQ_{name.upper()}; default: {fields[name].default}]" in text
+        assert f"[env BLIPQ_{name.upper()}; default: {fields[name].get_default(call_default_factory=True)}]" in text
 
 
 def test_caption_help_shows_the_generation_defaults() -> None:
@@ -205,3 +207,30 @@ def test_serve_without_the_inference_extra_says_what_to_install() -> None:
     assert result.returncode == 1
     assert "needs torch: pip install 'blipq[inference]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_build_engine_without_cuda_says_what_is_missing_in_one_line(tiny_checkpoint: Path) -> None:
+    result = CliRunner().invoke(app, ["build-engine", "--model", str(tiny_checkpoint)])
+    assert result.exit_code == 1
+    assert "no CUDA device: an engine is built on, and for, the GPU model that will run it" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_build_engine_refuses_an_opt_batch_over_the_max() -> None:
+    result = CliRunner().invoke(app, ["build-engine", "--max-batch", "8", "--opt-batch", "16"])
+    assert result.exit_code == 2
+    assert "--opt-batch must be between 1 and --max-batch (8), not 16" in " ".join(result.output.split())
+
+
+def test_caption_with_vision_engine_tensorrt_on_cpu_stops_with_the_reason(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(encode(drawing(40, 30, "white", "red"), "PNG"))
+    result = CliRunner().invoke(
+        app, ["caption", str(image), "--model", str(tiny_checkpoint), "--device", "cpu", "--vision-engine", "tensorrt"]
+    )
+    assert result.exit_code != 0
+    assert "--vision-engine tensorrt: no CUDA device" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
