@@ -118,13 +118,24 @@ def run_reference(model_dir: Path, paths: list[Path], batch: int, dtype: str, de
     return Result(name, batch, len(blobs), time.perf_counter() - started, _peak_rss(), _gpu_peak(device), token_ids=ids)
 
 
+def engine_name(batch: int) -> str:
+    return f"engine-batch-{batch}" if VISION == "torch" else f"engine-{VISION}-batch-{batch}"
+
+
 def run_engine(model_dir: Path, paths: list[Path], batch: int, dtype: str, device: str, tokens: int) -> Result:
     from contract.images import ImagePolicy
     from contract.options import CaptionOptions
     from inference.engine import CaptionEngine
     from inference.offline import caption_sources
 
-    engine = CaptionEngine.load(model_dir, device=device, dtype=dtype)
+    engine = CaptionEngine.load(
+        model_dir, device=device, dtype=dtype, vision_engine="tensorrt" if VISION == "tensorrt" else "torch"
+    )
+    if VISION == "exported":
+        from engine_build.export import export_vision_encoder
+
+        program = export_vision_encoder(engine.model, max_batch=max(batch, 2), device=engine.device, dtype=engine.dtype)
+        engine.use_vision_encoder(program.module(), "exported")
     length = engine.prompt_length(PROMPT) + tokens
     options = CaptionOptions(num_beams=BEAMS, max_length=length, min_length=length)
     blobs = {str(path): path.read_bytes() for path in paths}
@@ -142,7 +153,7 @@ def run_engine(model_dir: Path, paths: list[Path], batch: int, dtype: str, devic
     ids = [ids for start in range(0, len(paths), batch) for ids in engine.generate(
         [engine.prepare(_decode(blobs[s])) for s in sources[start : start + batch]], options)]  # fmt: skip
     assert all(row.error is None for row in rows)
-    return Result(f"engine-batch-{batch}", batch, len(paths), seconds, _peak_rss(), _gpu_peak(device), token_ids=ids)
+    return Result(engine_name(batch), batch, len(paths), seconds, _peak_rss(), _gpu_peak(device), token_ids=ids)
 
 
 def run_http(model_dir: Path, paths: list[Path], batch: int, dtype: str, device: str, tokens: int) -> Result:
@@ -226,6 +237,8 @@ def _gpu_peak(device: str) -> float | None:
 
 BEAMS = 3
 CONCURRENCY = 8
+#: The engine contenders' vision encoder: torch (eager), exported (torch.export, no TensorRT) or tensorrt.
+VISION = "torch"
 CONTENDERS = {"reference": run_reference, "engine": run_engine, "http": run_http}
 
 
@@ -236,7 +249,7 @@ def run_in_subprocess(args: argparse.Namespace, kind: str, batch: int, dtype: st
     command = [
         sys.executable, "-m", "benchmarks.throughput", "--one", kind, "--batch", str(batch), "--dtype", dtype,
         "--size", args.size, "--images", str(args.images), "--tokens", str(args.tokens), "--beams", str(args.beams),
-        "--device", args.device, "--concurrency", str(args.concurrency),
+        "--device", args.device, "--concurrency", str(args.concurrency), "--vision-engine", args.vision_engine,
     ]  # fmt: skip
     output = subprocess.run(command, capture_output=True, text=True, check=False)
     if output.returncode != 0:
@@ -257,11 +270,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="HTTP clients in flight")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    parser.add_argument(
+        "--vision-engine",
+        choices=["torch", "exported", "tensorrt"],
+        default="torch",
+        help="the engine rows' vision encoder (tensorrt needs an engine from `blipq build-engine`)",
+    )
     parser.add_argument("--one", choices=list(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global BEAMS, CONCURRENCY
-    BEAMS, CONCURRENCY = args.beams, args.concurrency
+    global BEAMS, CONCURRENCY, VISION
+    BEAMS, CONCURRENCY, VISION = args.beams, args.concurrency, args.vision_engine
     paths = make_inputs(args.images)
     model_dir = checkpoint(args.size)
     if args.one:
@@ -342,7 +361,7 @@ def plot(path: Path, runs: dict[str, list[Result]], engine_batches: list[int], a
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4))
-    axes.plot(engine_batches, [rate(f"engine-batch-{b}") for b in engine_batches], "o-", label="blipq engine")
+    axes.plot(engine_batches, [rate(engine_name(b)) for b in engine_batches], "o-", label="blipq engine")
     axes.axhline(rate("reference-loop"), color="grey", linestyle="--", label="reference, one at a time (fp32)")
     axes.axhline(rate(f"reference-batch-{args.reference_batch}"), color="black", linestyle=":",
                  label=f"reference, batch {args.reference_batch}")  # fmt: skip
