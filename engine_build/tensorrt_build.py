@@ -66,13 +66,15 @@ def build_engine(checkpoint: Path, *, max_batch: int, opt_batch: int, out: Path 
     size = engine.model.config.vision_config.image_size
     program = export_vision_encoder(engine.model, max_batch=max_batch, device=device, dtype=torch.float16)
     shape = (3, size, size)
+    # The same min/opt/max Input at compile and at save, so the saved program keeps its dynamic batch.
+    inputs = [
+        torch_tensorrt.Input(
+            min_shape=(1, *shape), opt_shape=(opt_batch, *shape), max_shape=(max_batch, *shape), dtype=torch.half
+        )
+    ]
     compiled = torch_tensorrt.dynamo.compile(
         program,
-        arg_inputs=[
-            torch_tensorrt.Input(
-                min_shape=(1, *shape), opt_shape=(opt_batch, *shape), max_shape=(max_batch, *shape), dtype=torch.half
-            )
-        ],
+        arg_inputs=inputs,
         use_explicit_typing=True,  # the module is fp16 already: TensorRT keeps its dtypes
         use_fp32_acc=True,  # fp16 matmuls accumulate in fp32, for accuracy
         require_full_compilation=True,  # no silent fallback to torch for parts of the graph
@@ -85,8 +87,7 @@ def build_engine(checkpoint: Path, *, max_batch: int, opt_batch: int, out: Path 
             f"(needs {MIN_COSINE}), exact captions {validation.exact_caption_rate:.1%} (needs {MIN_EXACT_CAPTIONS:.0%})"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(opt_batch, *shape, device=device, dtype=torch.half)
-    torch_tensorrt.save(compiled, str(folder / PROGRAM), output_format="exported_program", arg_inputs=[example])
+    torch_tensorrt.save(compiled, str(folder / PROGRAM), output_format="exported_program", arg_inputs=inputs)
     manifest = Manifest(
         checkpoint=str(checkpoint),
         weights_sha256=weights,
