@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -16,7 +15,6 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from blipq import __version__
 from contract.errors import BlipqError, InvalidOptions
@@ -129,6 +127,7 @@ def caption(
     decode_threads: Annotated[int, typer.Option(help="Threads decoding images ahead of the model.")] = 2,
 ) -> None:
     """Caption image files, folders and URLs; one output row per image (path, caption or error)."""
+    from blipq.offline import caption_to_output
     from inference.sources import expand_inputs
 
     settings = _settings(
@@ -157,7 +156,7 @@ def caption(
     if not sources:
         _fail("no images found in the given paths (folders are scanned for .jpg .png .webp .gif .bmp .tif)")
     try:
-        failed = _caption_to_output(settings, options, sources, output_format, out, decode_threads)
+        failed = caption_to_output(settings, options, sources, output_format, out, decode_threads, console=stderr)
     except BlipqError as exc:
         _fail(exc.message, code=2 if isinstance(exc, InvalidOptions) else 1)
     if failed == len(sources):
@@ -174,67 +173,6 @@ def _check_output_file(out: Path) -> None:
         _fail(f"--out {out}: the folder {folder} does not exist", code=2)
     if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         _fail(f"--out {out}: permission denied", code=2)
-
-
-def _caption_to_output(
-    settings: InferenceSettings,
-    options: CaptionOptions,
-    sources: list[str],
-    output_format: OutputFormat,
-    out: Path | None,
-    decode_threads: int,
-) -> int:
-    from functools import partial
-
-    from contract.images import ImagePolicy
-    from engine_build.checkpoint import resolve_checkpoint
-    from inference.engine import CaptionEngine, quiet_transformers
-    from inference.fetch import FetchPolicy
-    from inference.offline import caption_sources
-    from inference.sources import read_source
-    from inference.writers import open_writer
-
-    quiet_transformers()
-    checkpoint = resolve_checkpoint(settings.model, settings.checkpoints_dir)
-    with stderr.status(f"loading {checkpoint}"):
-        engine = CaptionEngine.load(
-            checkpoint, device=settings.device, dtype=settings.dtype, vision_engine=settings.vision_engine
-        )
-    engine.check_options(options)
-    # The command line fetches the user's own URLs: private and loopback addresses are fine here.
-    fetch = FetchPolicy(timeout_s=settings.fetch_timeout_s, max_bytes=settings.max_fetch_bytes, public_only=False)
-    read = partial(read_source, fetch=fetch)
-    failed = 0
-    with ExitStack() as stack:
-        stream = stack.enter_context(out.open("w", encoding="utf-8", newline="")) if out else sys.stdout
-        writer = open_writer(output_format, stream)
-        progress = stack.enter_context(
-            Progress(
-                TextColumn("captioning"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=stderr,
-                transient=False,
-            )
-        )
-        task = progress.add_task("captioning", total=len(sources))
-        rows = caption_sources(
-            engine,
-            sources,
-            options,
-            read=read,
-            policy=ImagePolicy.of(settings, limit_bytes=False),
-            batch_size=settings.max_batch,
-            decode_threads=decode_threads,
-        )
-        for row in rows:
-            writer.write(row)
-            if row.error:
-                failed += 1
-                progress.console.print(f"[yellow]skipped[/] {row.source}: {row.error.message}", highlight=False)
-            progress.advance(task)
-    return failed
 
 
 @app.command("test-model")

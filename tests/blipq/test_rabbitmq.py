@@ -141,29 +141,38 @@ def test_a_message_that_kills_its_worker_each_time_is_answered_worker_lost(
     amqp_url: str, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     """Delivered, worker killed, four times (the delivery limit is 3): then dead-lettered and answered."""
-    client = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    channel = client.channel()
-    replies = channel.queue_declare("", exclusive=True).method.queue
     worker_command = ("--max-batch", "1")
     first = WorkerProcess(tiny_checkpoint, amqp_url, tmp_path / "w0.log", *worker_command).start()
     wait_until(lambda: _queue_exists(amqp_url, "blipq.caption"))
     first.kill()
-    body = {"images": [{"b64": base64.b64encode(image).decode()} for image in pictures(40)]}
-    properties = pika.BasicProperties(content_type="application/json", reply_to=replies, correlation_id="poison")
-    channel.basic_publish("blipq", "caption", json.dumps(body), properties)
+    wait_until(lambda: _counts(amqp_url, "blipq.caption")[1] == 0)
+    # A reply queue that outlives this connection: no connection sits idle (missing heartbeats) while
+    # the workers start and die below.
+    with contextlib.closing(pika.BlockingConnection(pika.URLParameters(amqp_url))) as publisher:
+        channel = publisher.channel()
+        channel.queue_declare("test.replies")
+        body = {"images": [{"b64": base64.b64encode(image).decode()} for image in pictures(40)]}
+        properties = pika.BasicProperties(
+            content_type="application/json", reply_to="test.replies", correlation_id="poison"
+        )
+        channel.basic_publish("blipq", "caption", json.dumps(body), properties)
     for attempt in range(4):
-        worker = WorkerProcess(tiny_checkpoint, amqp_url, tmp_path / f"w{attempt + 1}.log", *worker_command).start()
-        wait_until(lambda: _held_by_a_worker(amqp_url))
+        log = tmp_path / f"w{attempt + 1}.log"
+        worker = WorkerProcess(tiny_checkpoint, amqp_url, log, *worker_command).start()
+        wait_until(lambda: "consuming blipq.caption" in log.read_text())  # noqa: B023
+        wait_until(lambda: _counts(amqp_url, "blipq.caption")[0] == 0)  # delivered to this worker
         worker.kill()
+        wait_until(lambda: _counts(amqp_url, "blipq.caption")[1] == 0)  # the broker saw it die
     last = WorkerProcess(tiny_checkpoint, amqp_url, tmp_path / "last.log", *worker_command).start()
     try:
-        _method, _properties, reply = next(channel.consume(replies, auto_ack=True, inactivity_timeout=120))
+        with contextlib.closing(pika.BlockingConnection(pika.URLParameters(amqp_url))) as client:
+            consuming = client.channel().consume("test.replies", auto_ack=True, inactivity_timeout=120)
+            _method, _properties, reply = next(consuming)
         assert reply is not None, "no reply"
         answer = json.loads(reply)
         assert (answer["id"], answer["status"], answer["error"]["code"]) == ("poison", "failed", "worker_lost")
     finally:
         last.stop()
-        client.close()
 
 
 def _queue_exists(url: str, name: str) -> bool:
@@ -175,8 +184,8 @@ def _queue_exists(url: str, name: str) -> bool:
     return True
 
 
-def _held_by_a_worker(url: str) -> bool:
-    """The request is delivered (not ready) and a worker consumes: it is working on it."""
+def _counts(url: str, queue: str) -> tuple[int, int]:
+    """(messages ready, consumers) of a queue."""
     with contextlib.closing(pika.BlockingConnection(pika.URLParameters(url))) as connection:
-        declared = connection.channel().queue_declare("blipq.caption", passive=True).method
-    return bool(declared.message_count == 0 and declared.consumer_count == 1)
+        declared = connection.channel().queue_declare(queue, passive=True).method
+    return int(declared.message_count), int(declared.consumer_count)

@@ -121,9 +121,11 @@ def make_client(request: pytest.FixtureRequest, tmp_path: Path, engine: CaptionE
     stack = ExitStack()
     numbers = itertools.count()
     config = BatcherConfig(max_batch=4, fetch=FetchPolicy(allow_networks=("127.0.0.0/8",)))
-    amqp_url = request.getfixturevalue("amqp_url") if request.param == "rabbitmq" else None
+    broker_for_tests: TestBroker | None = request.getfixturevalue("rabbitmq") if request.param == "rabbitmq" else None
 
     def build(*, model_running: bool = True, **overrides: Any) -> TestClient:
+        # Each app its own virtual host: a second app in one test must not share the first one's worker.
+        amqp_url = broker_for_tests.fresh_url() if broker_for_tests is not None else None
         settings = GatewaySettings(store=f"sqlite:///{tmp_path}/store-{next(numbers)}.db", **overrides)
         store = open_store(settings.store)
         stack.callback(store.close)
