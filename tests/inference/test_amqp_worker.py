@@ -25,6 +25,7 @@ from inference.amqp_worker import AmqpWorker
 from inference.batcher import BatcherConfig
 from inference.decode import decode_image
 from inference.engine import CaptionEngine
+from inference.requests import dead_letter_error
 from tests.helpers import pictures
 
 
@@ -206,3 +207,18 @@ def test_the_workers_limits_apply_to_every_publisher(publisher: OutsidePublisher
     assert big["images"][1]["error"]["code"] == "input_too_large"
     assert "max_image_bytes limit of 1000000" in big["images"][1]["error"]["message"]
     assert (replies["too-many"]["status"], replies["too-many"]["error"]["code"]) == ("failed", "invalid_request")
+
+
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [
+        ("rejected", "invalid_request"),
+        ("expired", "expired"),
+        ("delivery_limit", "worker_lost"),
+        ("maxlen", "invalid_request"),
+    ],
+)
+def test_each_dead_letter_reason_has_its_error_code(reason: str, code: str) -> None:
+    headers = {"x-death": [{"reason": reason, "queue": "blipq.caption", "count": 1}]}
+    assert dead_letter_error(headers)[0] == code
+    assert dead_letter_error(None)[0] == "invalid_request"
