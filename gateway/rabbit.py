@@ -27,6 +27,7 @@ from contract.amqp import (
     ROUTING_KEY,
     CaptionReply,
     QueueSpec,
+    ReplyImage,
     reply_queue,
     request_queue,
 )
@@ -34,13 +35,12 @@ from contract.errors import ModelUnavailable, QueueFull, QueueUnavailable
 from contract.messages import ErrorInfo, ImageResult
 from contract.requests import ImageSpec, JobRequest
 from gateway.broker import Dispatch, JobFinished, OutcomeHandler
+from gateway.service import QUEUE_FULL_RETRY_AFTER_S
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 10.0
 PUBLISH_TIMEOUT_S = 10.0
-#: What a 429 for a full broker queue tells clients to wait.
-QUEUE_FULL_RETRY_AFTER_S = 5
 
 #: What a lost or refused connection raises (ChannelInvalidStateError is a RuntimeError, not an AMQPError).
 _BROKER_ERRORS = (
@@ -171,17 +171,15 @@ class RabbitBroker:
 def _outcome(reply: CaptionReply) -> JobFinished:
     if reply.error is not None:
         return JobFinished(reply.id, error=ErrorInfo(reply.error.code, reply.error.message))
-    results = [
-        ImageResult(caption=image.caption)
-        if image.caption is not None and image.error is None
-        else ImageResult(error=ErrorInfo(image.error.code, image.error.message) if image.error else _no_caption())
-        for image in reply.images
-    ]
-    return JobFinished(reply.id, results)
+    return JobFinished(reply.id, [_result(image) for image in reply.images])
 
 
-def _no_caption() -> ErrorInfo:
-    return ErrorInfo("model_error", "the worker's reply had neither a caption nor an error for this image")
+def _result(image: ReplyImage) -> ImageResult:
+    if image.error is not None:
+        return ImageResult(error=ErrorInfo(image.error.code, image.error.message))
+    if image.caption is None:
+        return ImageResult(error=ErrorInfo("model_error", "the worker's reply had no caption and no error"))
+    return ImageResult(caption=image.caption)
 
 
 def _refused(frame: object) -> QueueFull | QueueUnavailable:

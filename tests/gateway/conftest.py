@@ -129,19 +129,19 @@ def make_client(request: pytest.FixtureRequest, tmp_path: Path, engine: CaptionE
         settings = GatewaySettings(store=f"sqlite:///{tmp_path}/store-{next(numbers)}.db", **overrides)
         store = open_store(settings.store)
         stack.callback(store.close)
+        broker: Broker
         if amqp_url is None:
-            broker: Broker = HeldModelBroker(engine, config)
-            model: Any = broker
-            run, stop = broker.run_model, lambda: broker.batcher.stop()
+            held = HeldModelBroker(engine, config)
+            broker, run, stop = held, held.run_model, held.batcher.stop
         else:
-            broker = RabbitBroker(amqp_url, gateway_id=f"test-{uuid.uuid4().hex[:8]}", max_messages=1000)
+            rabbit = RabbitBroker(amqp_url, gateway_id=f"test-{uuid.uuid4().hex[:8]}", max_messages=1000)
             model = RabbitModel(amqp_url, engine, config)
             stack.callback(model.stop)
-            run, stop = model.run, model.stop
+            broker, run, stop = rabbit, model.run, model.stop
         client = stack.enter_context(TestClient(create_app(settings, store, broker)))
         client.app.state.run_model, client.app.state.stop_model = run, stop  # type: ignore[attr-defined]
-        if isinstance(broker, RabbitBroker):
-            wait_until(lambda: broker.connected, timeout_s=30)
+        if amqp_url is not None:
+            wait_until(lambda: rabbit.connected, timeout_s=30)
         if model_running:
             run()
         return client
