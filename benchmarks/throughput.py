@@ -317,7 +317,8 @@ def report(args: argparse.Namespace, runs: dict[str, list[Result]], engine_batch
     batched = rate(f"reference-batch-{args.reference_batch}")
     reference_ids = runs["reference-loop"][0].token_ids
     lines = [
-        f"# Throughput: BLIP {args.size}, beam {args.beams}, {args.tokens} tokens, {args.device} {args.dtype}",
+        f"# Throughput: BLIP {args.size}, beam {args.beams}, {args.tokens} tokens, {args.device} {args.dtype},"
+        f" {args.vision_engine} vision encoder",
         "",
         f"- command: `python -m benchmarks.throughput {' '.join(sys.argv[1:])}`",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
@@ -348,6 +349,8 @@ def report(args: argparse.Namespace, runs: dict[str, list[Result]], engine_batch
     stem = f"throughput-{args.size}-{args.device.replace(':', '')}-{args.dtype}"
     if args.beams != 3:  # beam 3 is the default and keeps the plain name
         stem += "-greedy" if args.beams == 1 else f"-beam{args.beams}"
+    if args.vision_engine != "torch":
+        stem += f"-{args.vision_engine}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.md").write_text("\n".join(lines) + f"\n\n![throughput vs batch size]({stem}.png)\n")
     print("\n".join(lines))

@@ -15,7 +15,7 @@ from contract.errors import BlipqError, InvalidOptions, ModelFailed, ModelUnavai
 from contract.options import CaptionOptions
 from inference.device import resolve_device, resolve_dtype
 from inference.settings import VisionEngine
-from inference.speedups import prefilled_cache, use_sdpa_in_vision_encoder
+from inference.speedups import cache_argument, prefilled_cache, use_sdpa_in_vision_encoder
 from inference.vision import choose_vision_encoder
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class CaptionEngine:
                 min_length=options.min_length,
                 repetition_penalty=options.repetition_penalty,
                 do_sample=False,
-                cache=prefilled_cache(self.model, image_embeds, options.num_beams),
+                **cache_argument(self.model, prefilled_cache(self.model, image_embeds, options.num_beams)),
             )
         start = self.prompt_length(options.prompt)
         return [self._trim(row, start) for row in output.tolist()]

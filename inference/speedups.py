@@ -6,6 +6,7 @@ Each one computes the same function as transformers' code; the parity tests comp
 
 from __future__ import annotations
 
+import inspect
 import types
 from typing import Any
 
@@ -66,3 +67,11 @@ def prefilled_cache(
         cross.update(key.repeat_interleave(num_beams, dim=0), value.repeat_interleave(num_beams, dim=0), index)
         cache.is_updated[index] = True
     return cache
+
+
+def cache_argument(model: BlipForConditionalGeneration, cache: EncoderDecoderCache) -> dict[str, EncoderDecoderCache]:
+    """The keyword that hands `cache` to the text decoder's `generate`: transformers 5.x renamed
+    `past_key_values` to `cache` (5.24 has `cache`, 5.17 still `past_key_values`), and `generate`
+    refuses a keyword the model's `forward` does not name."""
+    parameters = inspect.signature(model.text_decoder.forward).parameters
+    return {"cache" if "cache" in parameters else "past_key_values": cache}

@@ -47,12 +47,13 @@ def reference(tiny_checkpoint: Path) -> tuple[BlipForConditionalGeneration, Blip
 def reference_ids(
     reference: tuple[BlipForConditionalGeneration, BlipProcessor], image: Image.Image, options: CaptionOptions
 ) -> list[int]:
-    """What the transformers documentation does, one image at a time, fp32."""
+    """What the transformers documentation does, one image at a time, fp32, on the model's device."""
     model, processor = reference
     if options.prompt:
         inputs = processor(images=image, text=options.prompt, return_tensors="pt")
     else:
         inputs = processor(images=image, return_tensors="pt")
+    inputs = inputs.to(model.device)
     with torch.no_grad():
         output = model.generate(
             **inputs,
