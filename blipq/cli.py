@@ -226,7 +226,13 @@ def build_engine(
 
 @app.command()
 def download(
-    model: Annotated[str, typer.Argument(help="Hugging Face hub id.")] = "Salesforce/blip-image-captioning-large",
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="Hugging Face hub id. \\[default: BLIPQ_MODEL, else Salesforce/blip-image-captioning-large]",
+            show_default=False,
+        ),
+    ] = None,
     checkpoints_dir: CheckpointsOpt = None,
 ) -> None:
     """Download a hub checkpoint into the checkpoints directory (once; later runs read it from disk)."""
@@ -345,12 +351,26 @@ def healthcheck(
         str | None,
         typer.Option("--url", help="Default: http://127.0.0.1:<BLIPQ_PORT>/healthz, the server on this machine."),
     ] = None,
+    worker: Annotated[
+        bool,
+        typer.Option("--worker", help="Check `blipq worker` instead: its metrics endpoint on BLIPQ_METRICS_PORT."),
+    ] = False,
     timeout_s: Annotated[float, typer.Option("--timeout-s", help="Seconds to wait for the answer.")] = 3.0,
 ) -> None:
-    """Exit 0 when the server answers /healthz with 200, else 1 (for container health checks)."""
+    """Exit 0 when the server answers /healthz with 200, else 1 (for container health checks).
+
+    A worker serves its metrics once the model is loaded, so an answer there means it is up."""
     import httpx
 
-    target = url or f"http://127.0.0.1:{_settings(GatewaySettings).port}/healthz"
+    if url is not None:
+        target = url
+    elif worker:
+        metrics_port = _settings(InferenceSettings).metrics_port
+        if not metrics_port:
+            _fail("the worker serves no metrics endpoint to check: set BLIPQ_METRICS_PORT", code=2)
+        target = f"http://127.0.0.1:{metrics_port}/metrics"
+    else:
+        target = f"http://127.0.0.1:{_settings(GatewaySettings).port}/healthz"
     try:
         status = httpx.get(target, timeout=timeout_s).status_code
     except httpx.HTTPError as exc:

@@ -32,12 +32,15 @@ def _port_open(port: int) -> bool:
 class RabbitNode:
     """A `rabbitmq-server` node of our own: free ports, its own node name, data and log dirs, and cookie."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, config: Path | None = None, env: dict[str, str] | None = None) -> None:
+        """`config`: a rabbitmq.conf to load (none: the defaults); `env`: more of the server's variables."""
         self.root = root
         self.port = free_port()
         self.name = f"blipq-test-{self.port}@localhost"
         root.mkdir(parents=True, exist_ok=True)
         (root / "enabled_plugins").write_text("[].\n")
+        if config is not None:
+            shutil.copyfile(config, root / "rabbitmq.conf")
         self.env = {
             **os.environ,
             "HOME": str(root),  # the Erlang cookie lives here, shared by the node and rabbitmqctl
@@ -47,8 +50,9 @@ class RabbitNode:
             "RABBITMQ_DIST_PORT": str(free_port()),
             "RABBITMQ_MNESIA_BASE": str(root / "mnesia"),
             "RABBITMQ_LOG_BASE": str(root / "log"),
-            "RABBITMQ_CONFIG_FILE": str(root / "rabbitmq"),  # none: the defaults
+            "RABBITMQ_CONFIG_FILE": str(root / "rabbitmq"),  # root/rabbitmq.conf, if there is one
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(root / "enabled_plugins"),
+            **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -72,9 +76,12 @@ class RabbitNode:
         return (self.root / "server.log").read_text(errors="replace")[-3000:]
 
     def ctl(self, *args: str) -> None:
-        ctl = RABBITMQ_BIN / "rabbitmqctl"
-        command = [str(ctl) if ctl.exists() else "rabbitmqctl", "-n", self.name, *args]
-        subprocess.run(command, env=self.env, check=True, capture_output=True, timeout=60)
+        subprocess.run(self.tool("rabbitmqctl", *args), env=self.env, check=True, capture_output=True, timeout=60)
+
+    def tool(self, name: str, *args: str) -> list[str]:
+        """The command line of a RabbitMQ CLI tool (rabbitmqctl, rabbitmq-diagnostics) aimed at this node."""
+        path = RABBITMQ_BIN / name
+        return [str(path) if path.exists() else name, "-n", self.name, *args]
 
     def stop(self) -> None:
         """SIGTERM and wait: the node shuts down cleanly and can be started again on the same data."""

@@ -20,6 +20,7 @@ from inference.decode import decode_image
 from inference.engine import CaptionEngine
 from inference.settings import InferenceSettings
 from tests.helpers import drawing, encode, noise
+from tests.server import free_port
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +235,12 @@ def test_caption_with_vision_engine_tensorrt_on_cpu_stops_with_the_reason(
     assert result.exit_code != 0
     assert "--vision-engine tensorrt: no CUDA device" in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_a_worker_health_check_needs_its_metrics_port() -> None:
+    unset = CliRunner().invoke(app, ["healthcheck", "--worker"], env={"BLIPQ_METRICS_PORT": "0"})
+    assert unset.exit_code == 2
+    assert "BLIPQ_METRICS_PORT" in unset.output
+    closed = CliRunner().invoke(app, ["healthcheck", "--worker"], env={"BLIPQ_METRICS_PORT": str(free_port())})
+    assert closed.exit_code == 1
+    assert "/metrics" in closed.output
