@@ -15,7 +15,7 @@ from contract.errors import BlipqError, InvalidOptions, ModelFailed, ModelUnavai
 from contract.options import CaptionOptions
 from inference.device import resolve_device, resolve_dtype
 from inference.settings import VisionEngine
-from inference.speedups import cache_argument, prefilled_cache, use_sdpa_in_vision_encoder
+from inference.speedups import cache_keyword, prefilled_cache, use_sdpa_in_vision_encoder
 from inference.vision import choose_vision_encoder
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class CaptionEngine:
         text_config = model.config.text_config
         self._sep_token_id: int = text_config.sep_token_id
         self._max_positions: int = text_config.max_position_embeddings
+        self._cache_keyword = cache_keyword(self.model)
         self._prompt_cache: dict[str, list[int]] = {}
         self._prompt_lock = threading.Lock()
         self.generate_calls = 0  # model calls, split retries included
@@ -138,7 +139,7 @@ class CaptionEngine:
                 min_length=options.min_length,
                 repetition_penalty=options.repetition_penalty,
                 do_sample=False,
-                **cache_argument(self.model, prefilled_cache(self.model, image_embeds, options.num_beams)),
+                **{self._cache_keyword: prefilled_cache(self.model, image_embeds, options.num_beams)},
             )
         start = self.prompt_length(options.prompt)
         return [self._trim(row, start) for row in output.tolist()]

@@ -69,9 +69,8 @@ def prefilled_cache(
     return cache
 
 
-def cache_argument(model: BlipForConditionalGeneration, cache: EncoderDecoderCache) -> dict[str, EncoderDecoderCache]:
-    """The keyword that hands `cache` to the text decoder's `generate`: transformers 5.x renamed
+def cache_keyword(model: BlipForConditionalGeneration) -> str:
+    """The keyword that hands a cache to the text decoder's `generate`: transformers 5.x renamed
     `past_key_values` to `cache` (5.24 has `cache`, 5.17 still `past_key_values`), and `generate`
     refuses a keyword the model's `forward` does not name."""
-    parameters = inspect.signature(model.text_decoder.forward).parameters
-    return {"cache" if "cache" in parameters else "past_key_values": cache}
+    return "cache" if "cache" in inspect.signature(model.text_decoder.forward).parameters else "past_key_values"
