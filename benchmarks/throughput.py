@@ -48,6 +48,8 @@ class Result:
     gpu_peak_mb: float | None = None
     latencies_ms: list[float] = field(default_factory=list)
     idle_latency_ms: float | None = None
+    mean_batch: float | None = None  # images per model call while timed (http: read from the server's /metrics)
+    model_busy: float | None = None  # share of the timed wall clock the model was running (http only)
     token_ids: list[list[int]] = field(default_factory=list)
 
 
@@ -153,7 +155,9 @@ def run_engine(model_dir: Path, paths: list[Path], batch: int, dtype: str, devic
     ids = [ids for start in range(0, len(paths), batch) for ids in engine.generate(
         [engine.prepare(_decode(blobs[s])) for s in sources[start : start + batch]], options)]  # fmt: skip
     assert all(row.error is None for row in rows)
-    return Result(engine_name(batch), batch, len(paths), seconds, _peak_rss(), _gpu_peak(device), token_ids=ids)
+    calls = -(-len(paths) // batch)
+    return Result(engine_name(batch), batch, len(paths), seconds, _peak_rss(), _gpu_peak(device), token_ids=ids,
+                  mean_batch=len(paths) / calls)  # fmt: skip
 
 
 def run_http(model_dir: Path, paths: list[Path], batch: int, dtype: str, device: str, tokens: int) -> Result:
@@ -192,15 +196,27 @@ def run_http(model_dir: Path, paths: list[Path], batch: int, dtype: str, device:
                     local.client = httpx.Client(base_url=server.url, timeout=3600)
                 return one(blob, local.client)
 
+            before = _model_metrics(client)
             started = time.perf_counter()
             with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
                 latencies = list(pool.map(call, blobs))
             seconds = time.perf_counter() - started
+            after = _model_metrics(client)
         assert server.process is not None
         rss = _vm_hwm_mb(server.process.pid)  # the model runs in the server process (embedded mode)
     finally:
         server.stop()
-    return Result("http", batch, len(blobs), seconds, rss, None, latencies, idle)
+    calls = after["blipq_batch_size_count"] - before["blipq_batch_size_count"]
+    mean_batch = (after["blipq_batch_size_sum"] - before["blipq_batch_size_sum"]) / calls
+    busy = (after["blipq_model_seconds_sum"] - before["blipq_model_seconds_sum"]) / seconds
+    return Result("http", batch, len(blobs), seconds, rss, None, latencies, idle, mean_batch, busy)
+
+
+def _model_metrics(client) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """The server's model-call counters, to tell small batches from a slow model under load."""
+    wanted = ("blipq_batch_size_sum", "blipq_batch_size_count", "blipq_model_seconds_sum")
+    lines = [line.split() for line in client.get("/metrics").text.splitlines() if line.startswith(wanted)]
+    return {name: float(value) for name, value in lines}
 
 
 def _decode(blob: bytes):  # type: ignore[no-untyped-def]
@@ -329,8 +345,8 @@ def report(args: argparse.Namespace, runs: dict[str, list[Result]], engine_batch
         f" median of {args.rounds} alternating rounds; each contender in its own process",
         "",
         "| contender | img/s | ms/image | p50 ms | p95 ms | idle 1-image ms | peak RSS MB | GPU peak MB"
-        " | x loop | x batched ref | exact vs loop |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " | mean batch | model busy | x loop | x batched ref | exact vs loop |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for name, results in runs.items():
         speed = rate(name)
@@ -343,7 +359,8 @@ def report(args: argparse.Namespace, runs: dict[str, list[Result]], engine_batch
         exact = f"{sum(a == b for a, b in zip(ids, reference_ids, strict=False))}/{len(ids)}" if ids else ""
         lines.append(
             f"| {name} | {speed:.3f} | {1000 / speed:.0f} | {p50} | {p95} | {idle} | "
-            f"{max(r.peak_rss_mb for r in results):.0f} | {gpu} | {speed / loop:.2f} | {speed / batched:.2f}"
+            f"{max(r.peak_rss_mb for r in results):.0f} | {gpu} | {_mean(results, 'mean_batch', '.1f')}"
+            f" | {_mean(results, 'model_busy', '.0%')} | {speed / loop:.2f} | {speed / batched:.2f}"
             f" | {exact} |"
         )
     stem = f"throughput-{args.size}-{args.device.replace(':', '')}-{args.dtype}"
@@ -355,6 +372,11 @@ def report(args: argparse.Namespace, runs: dict[str, list[Result]], engine_batch
     (args.out / f"{stem}.md").write_text("\n".join(lines) + f"\n\n![throughput vs batch size]({stem}.png)\n")
     print("\n".join(lines))
     plot(args.out / f"{stem}.png", runs, engine_batches, args, rate)
+
+
+def _mean(results: list[Result], name: str, spec: str) -> str:
+    values = [getattr(result, name) for result in results if getattr(result, name) is not None]
+    return format(statistics.mean(values), spec) if values else ""
 
 
 def plot(path: Path, runs: dict[str, list[Result]], engine_batches: list[int], args: argparse.Namespace, rate) -> None:  # type: ignore[no-untyped-def]
