@@ -1,14 +1,18 @@
 """`blipq serve --broker` and `blipq worker` as real processes on a real RabbitMQ, under failures: a worker
-killed while holding messages, the broker stopped and started again, the gateway killed and restarted."""
+killed while holding messages, the broker stopped and started again, the gateway killed and restarted, a
+request that kills every worker taking it (answered worker_lost after the delivery limit)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pika
 
 from contract.options import CaptionOptions
 from inference.decode import decode_image
@@ -131,3 +135,51 @@ def test_two_gateways_and_two_workers_each_gateway_gets_its_own_answers(
     finally:
         for running in (*gateways, *workers):
             running.stop()
+
+
+def test_a_message_that_kills_its_worker_each_time_is_answered_worker_lost(
+    amqp_url: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Delivered, worker killed, four times (the delivery limit is 3): then dead-lettered and answered."""
+    worker_command = ("--max-batch", "1")
+    first = WorkerProcess(tiny_checkpoint, amqp_url, tmp_path / "w0.log", *worker_command).start()
+    # Consuming comes after the exchange, queues and bindings are declared: killed any earlier, the
+    # worker could leave the queue unbound, and the request below would be unroutable.
+    wait_until(lambda: "consuming blipq.caption" in (tmp_path / "w0.log").read_text())
+    first.kill()
+    wait_until(lambda: _counts(amqp_url, "blipq.caption")[1] == 0)
+    # A reply queue that outlives this connection: no connection sits idle (missing heartbeats) while
+    # the workers start and die below.
+    with contextlib.closing(pika.BlockingConnection(pika.URLParameters(amqp_url))) as publisher:
+        channel = publisher.channel()
+        channel.confirm_delivery()  # as README tells publishers: a refused or unroutable request raises
+        channel.queue_declare("test.replies")
+        body = {"images": [{"b64": base64.b64encode(image).decode()} for image in pictures(40)]}
+        properties = pika.BasicProperties(
+            content_type="application/json", reply_to="test.replies", correlation_id="poison"
+        )
+        channel.basic_publish("blipq", "caption", json.dumps(body), properties, mandatory=True)
+    for attempt in range(4):
+        log = tmp_path / f"w{attempt + 1}.log"
+        worker = WorkerProcess(tiny_checkpoint, amqp_url, log, *worker_command).start()
+        wait_until(lambda: "consuming blipq.caption" in log.read_text())  # noqa: B023
+        wait_until(lambda: _counts(amqp_url, "blipq.caption")[0] == 0)  # delivered to this worker
+        worker.kill()
+        wait_until(lambda: _counts(amqp_url, "blipq.caption")[1] == 0)  # the broker saw it die
+    last = WorkerProcess(tiny_checkpoint, amqp_url, tmp_path / "last.log", *worker_command).start()
+    try:
+        with contextlib.closing(pika.BlockingConnection(pika.URLParameters(amqp_url))) as client:
+            consuming = client.channel().consume("test.replies", auto_ack=True, inactivity_timeout=120)
+            _method, _properties, reply = next(consuming)
+        assert reply is not None, "no reply"
+        answer = json.loads(reply)
+        assert (answer["id"], answer["status"], answer["error"]["code"]) == ("poison", "failed", "worker_lost")
+    finally:
+        last.stop()
+
+
+def _counts(url: str, queue: str) -> tuple[int, int]:
+    """(messages ready, consumers) of a queue."""
+    with contextlib.closing(pika.BlockingConnection(pika.URLParameters(url))) as connection:
+        declared = connection.channel().queue_declare(queue, passive=True).method
+    return int(declared.message_count), int(declared.consumer_count)
