@@ -4,7 +4,6 @@ promises (health-gated start order, one GPU per worker, the CPU and scale-out ov
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -135,9 +134,3 @@ def test_the_scale_overlay_runs_two_gateways_and_one_worker_per_gpu() -> None:
     assert len({gateway["volumes"][0].split(":")[0] for gateway in gateways}) == 2
     assignments = [device["device_ids"] for worker in workers for device in gpus(worker)]
     assert sorted(assignments) == [["0"], ["1"]]
-
-
-def test_compose_paths_exist() -> None:
-    for files in FILE_SETS.values():
-        for service in ours(effective(files, ENV)).values():
-            assert Path(ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
