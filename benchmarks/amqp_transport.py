@@ -32,10 +32,10 @@ from typing import Any
 import pika
 from PIL import Image
 
-from contract.images import ImagePolicy
-from contract.options import CaptionOptions
-from inference.amqp_worker import AmqpWorker
-from inference.batcher import BatcherConfig
+from blipq.contract.images import ImagePolicy
+from blipq.contract.options import CaptionOptions
+from blipq.inference.amqp_worker import AmqpWorker
+from blipq.inference.batcher import BatcherConfig
 from tests.rabbitmq import RabbitNode
 
 

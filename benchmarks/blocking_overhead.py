@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from engine_build.synthetic import write_test_checkpoint
+from blipq.engine_build.synthetic import write_test_checkpoint
 from tests.helpers import drawing, encode
 from tests.rabbitmq import RabbitNode
 from tests.server import Server, WorkerProcess

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine_build.synthetic import write_test_checkpoint
+from blipq.engine_build.synthetic import write_test_checkpoint
 from tests.server import Server
 
 

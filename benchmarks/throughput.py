@@ -76,7 +76,7 @@ def make_inputs(count: int) -> list[Path]:
 
 
 def checkpoint(size: str) -> Path:
-    from engine_build.synthetic import write_test_checkpoint
+    from blipq.engine_build.synthetic import write_test_checkpoint
 
     path = CACHE / f"blip-{size}"
     if not (path / "model.safetensors").exists():
@@ -125,16 +125,16 @@ def engine_name(batch: int) -> str:
 
 
 def run_engine(model_dir: Path, paths: list[Path], batch: int, dtype: str, device: str, tokens: int) -> Result:
-    from contract.images import ImagePolicy
-    from contract.options import CaptionOptions
-    from inference.engine import CaptionEngine
-    from inference.offline import caption_sources
+    from blipq.contract.images import ImagePolicy
+    from blipq.contract.options import CaptionOptions
+    from blipq.inference.engine import CaptionEngine
+    from blipq.inference.offline import caption_sources
 
     engine = CaptionEngine.load(
         model_dir, device=device, dtype=dtype, vision_engine="tensorrt" if VISION == "tensorrt" else "torch"
     )
     if VISION == "exported":
-        from engine_build.export import export_vision_encoder
+        from blipq.engine_build.export import export_vision_encoder
 
         program = export_vision_encoder(engine.model, max_batch=max(batch, 2), device=engine.device, dtype=engine.dtype)
         engine.use_vision_encoder(program.module(), "exported")
@@ -170,7 +170,7 @@ def run_http(model_dir: Path, paths: list[Path], batch: int, dtype: str, device:
     server.command[server.command.index("--device") + 1] = device
     server.start(timeout_s=600)
     try:
-        from inference.engine import CaptionEngine
+        from blipq.inference.engine import CaptionEngine
 
         length = CaptionEngine.load(model_dir, device="cpu").prompt_length(PROMPT) + tokens
         options = {"num_beams": BEAMS, "max_length": length, "min_length": length}
@@ -220,7 +220,7 @@ def _model_metrics(client) -> dict[str, float]:  # type: ignore[no-untyped-def]
 
 
 def _decode(blob: bytes):  # type: ignore[no-untyped-def]
-    from inference.decode import decode_image
+    from blipq.inference.decode import decode_image
 
     return decode_image(blob)
 
@@ -300,7 +300,7 @@ def main() -> None:
     paths = make_inputs(args.images)
     model_dir = checkpoint(args.size)
     if args.one:
-        from inference.engine import quiet_transformers
+        from blipq.inference.engine import quiet_transformers
 
         quiet_transformers()
         result = CONTENDERS[args.one](model_dir, paths, args.batch, args.dtype, args.device, args.tokens)

@@ -17,12 +17,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from blipq import __version__
-from contract.errors import BlipqError, InvalidOptions
-from contract.options import CaptionOptions
-from contract.settings import SharedSettings
-from gateway.settings import GatewaySettings
-from inference.settings import InferenceSettings
-from inference.writers import OutputFormat
+from blipq.contract.errors import BlipqError, InvalidOptions
+from blipq.contract.options import CaptionOptions
+from blipq.contract.settings import SharedSettings
+from blipq.gateway.settings import GatewaySettings
+from blipq.inference.settings import InferenceSettings
+from blipq.inference.writers import OutputFormat
 
 app = typer.Typer(
     name="blipq",
@@ -127,8 +127,8 @@ def caption(
     decode_threads: Annotated[int, typer.Option(help="Threads decoding images ahead of the model.")] = 2,
 ) -> None:
     """Caption image files, folders and URLs; one output row per image (path, caption or error)."""
+    from blipq.inference.sources import expand_inputs
     from blipq.offline import caption_to_output
-    from inference.sources import expand_inputs
 
     settings = _settings(
         InferenceSettings,
@@ -182,8 +182,8 @@ def write_test_model(
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same weights.")] = 0,
 ) -> None:
     """Write a real BLIP checkpoint with random weights (for tests and benchmarks, not for real captions)."""
-    from engine_build.synthetic import SHAPES, write_test_checkpoint
-    from inference.engine import quiet_transformers
+    from blipq.engine_build.synthetic import SHAPES, write_test_checkpoint
+    from blipq.inference.engine import quiet_transformers
 
     if size not in SHAPES:
         _fail(f"--size must be one of {', '.join(SHAPES)} (got {size!r})", code=2)
@@ -207,9 +207,9 @@ def build_engine(
     manifest (needs CUDA and pip install 'blipq[tensorrt]')."""
     if not 1 <= opt_batch <= max_batch:
         _fail(f"--opt-batch must be between 1 and --max-batch ({max_batch}), not {opt_batch}", code=2)
-    from engine_build.checkpoint import resolve_checkpoint
-    from engine_build.tensorrt_build import build_engine as build
-    from engine_build.tensorrt_build import missing_requirement
+    from blipq.engine_build.checkpoint import resolve_checkpoint
+    from blipq.engine_build.tensorrt_build import build_engine as build
+    from blipq.engine_build.tensorrt_build import missing_requirement
 
     missing = missing_requirement()
     if missing is not None:
@@ -236,7 +236,7 @@ def download(
     checkpoints_dir: CheckpointsOpt = None,
 ) -> None:
     """Download a hub checkpoint into the checkpoints directory (once; later runs read it from disk)."""
-    from engine_build.checkpoint import resolve_checkpoint
+    from blipq.engine_build.checkpoint import resolve_checkpoint
 
     settings = _settings(InferenceSettings, model=model, checkpoints_dir=checkpoints_dir)
     try:

@@ -10,17 +10,17 @@ import logging
 
 import anyio.to_thread
 
+from blipq.contract.errors import ModelUnavailable
+from blipq.contract.messages import ImageResult
+from blipq.engine_build.checkpoint import resolve_checkpoint
+from blipq.gateway.broker import Dispatch, JobFinished, JobStarted, OutcomeHandler
+from blipq.gateway.settings import GatewaySettings
+from blipq.gateway.store import open_store
+from blipq.inference.batcher import Batcher, BatcherConfig, WorkItem
+from blipq.inference.engine import CaptionEngine, quiet_transformers
+from blipq.inference.metrics import InferenceMetrics
+from blipq.inference.settings import InferenceSettings
 from blipq.serving import serve_app, show_progress_logs
-from contract.errors import ModelUnavailable
-from contract.messages import ImageResult
-from engine_build.checkpoint import resolve_checkpoint
-from gateway.broker import Dispatch, JobFinished, JobStarted, OutcomeHandler
-from gateway.settings import GatewaySettings
-from gateway.store import open_store
-from inference.batcher import Batcher, BatcherConfig, WorkItem
-from inference.engine import CaptionEngine, quiet_transformers
-from inference.metrics import InferenceMetrics
-from inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 

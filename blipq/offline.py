@@ -9,9 +9,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from contract.options import CaptionOptions
-from inference.settings import InferenceSettings
-from inference.writers import OutputFormat
+from blipq.contract.options import CaptionOptions
+from blipq.inference.settings import InferenceSettings
+from blipq.inference.writers import OutputFormat
 
 
 def caption_to_output(
@@ -27,13 +27,13 @@ def caption_to_output(
     """Caption `sources` into `out` (stdout when None) with a progress bar on `console`; the number that failed."""
     from functools import partial
 
-    from contract.images import ImagePolicy
-    from engine_build.checkpoint import resolve_checkpoint
-    from inference.engine import CaptionEngine, quiet_transformers
-    from inference.fetch import FetchPolicy
-    from inference.offline import caption_sources
-    from inference.sources import read_source
-    from inference.writers import open_writer
+    from blipq.contract.images import ImagePolicy
+    from blipq.engine_build.checkpoint import resolve_checkpoint
+    from blipq.inference.engine import CaptionEngine, quiet_transformers
+    from blipq.inference.fetch import FetchPolicy
+    from blipq.inference.offline import caption_sources
+    from blipq.inference.sources import read_source
+    from blipq.inference.writers import open_writer
 
     quiet_transformers()
     checkpoint = resolve_checkpoint(settings.model, settings.checkpoints_dir)

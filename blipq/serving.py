@@ -8,18 +8,17 @@ from collections.abc import Sequence
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from gateway.app import create_app
-from gateway.broker import Broker
-from gateway.rabbit import RabbitBroker
-from gateway.settings import GatewaySettings
-from gateway.store import JobStore, open_store
+from blipq.gateway.app import create_app
+from blipq.gateway.broker import Broker
+from blipq.gateway.rabbit import RabbitBroker
+from blipq.gateway.settings import GatewaySettings
+from blipq.gateway.store import JobStore, open_store
 
 log = logging.getLogger(__name__)
 
 
 def show_progress_logs() -> None:
-    for name in ("blipq", "gateway", "inference"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("blipq").setLevel(logging.INFO)
 
 
 def serve_app(

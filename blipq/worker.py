@@ -8,14 +8,14 @@ import threading
 
 from prometheus_client import start_http_server
 
+from blipq.contract.images import ImagePolicy
+from blipq.engine_build.checkpoint import resolve_checkpoint
+from blipq.inference.amqp_worker import AmqpWorker
+from blipq.inference.batcher import BatcherConfig
+from blipq.inference.engine import CaptionEngine, quiet_transformers
+from blipq.inference.metrics import InferenceMetrics
+from blipq.inference.settings import InferenceSettings
 from blipq.serving import show_progress_logs
-from contract.images import ImagePolicy
-from engine_build.checkpoint import resolve_checkpoint
-from inference.amqp_worker import AmqpWorker
-from inference.batcher import BatcherConfig
-from inference.engine import CaptionEngine, quiet_transformers
-from inference.metrics import InferenceMetrics
-from inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The one error hierarchy: every failure a user can cause or see has a machine-readable code.
 
-The HTTP status of each code is mapped in one place, `gateway.error_codes`.
+The HTTP status of each code is mapped in one place, `blipq.gateway.error_codes`.
 """
 
 

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from PIL import Image, UnidentifiedImageError
 
-from contract.errors import InputTooLarge, InvalidImage
+from blipq.contract.errors import InputTooLarge, InvalidImage
 
 #: Pillow format names we decode. Everything else is refused before Pillow parses it.
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")

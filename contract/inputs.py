@@ -9,10 +9,10 @@ import base64
 import binascii
 import re
 
-from contract.errors import BlipqError, InputTooLarge, InvalidInput
-from contract.images import ImagePolicy, check_image
-from contract.messages import ImageInput
-from contract.urls import ALLOWED_SCHEMES, is_url
+from blipq.contract.errors import BlipqError, InputTooLarge, InvalidInput
+from blipq.contract.images import ImagePolicy, check_image
+from blipq.contract.messages import ImageInput
+from blipq.contract.urls import ALLOWED_SCHEMES, is_url
 
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")

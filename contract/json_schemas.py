@@ -1,4 +1,4 @@
-"""JSON Schema files of the AMQP contract for outside publishers: `python -m contract.json_schemas` writes
+"""JSON Schema files of the AMQP contract for outside publishers: `python -m blipq.contract.json_schemas` writes
 them into contract/schema/ (a test checks they match the models)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from contract.amqp import CaptionReply
-from contract.requests import JobRequest
+from blipq.contract.amqp import CaptionReply
+from blipq.contract.requests import JobRequest
 
 FOLDER = Path(__file__).parent / "schema"
 SCHEMAS: dict[str, type[BaseModel]] = {"request.schema.json": JobRequest, "reply.schema.json": CaptionReply}

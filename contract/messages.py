@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contract.errors import BlipqError
+from blipq.contract.errors import BlipqError
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from contract.errors import InvalidOptions
+from blipq.contract.errors import InvalidOptions
 
 #: The prompt the original BLIP caption decoder conditioned on and then cut from its output.
 DEFAULT_PROMPT = "a picture of "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from contract.options import CaptionOptions
+from blipq.contract.options import CaptionOptions
 
 
 class ImageSpec(BaseModel):

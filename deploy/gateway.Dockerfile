@@ -12,6 +12,7 @@ ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# blipq/ holds links to the side folders (blipq/gateway -> ../gateway, ...): each must come along.
 COPY blipq ./blipq
 COPY contract ./contract
 COPY gateway ./gateway

@@ -22,6 +22,7 @@ ARG TORCH_VERSION=2.14.1
 FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# blipq/ holds links to the side folders (blipq/gateway -> ../gateway, ...): each must come along.
 COPY blipq ./blipq
 COPY contract ./contract
 COPY gateway ./gateway

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from contract.errors import ModelUnavailable
+from blipq.contract.errors import ModelUnavailable
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 #: What a checkpoint directory needs, each part by any of the file names transformers loads it from.

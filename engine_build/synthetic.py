@@ -22,8 +22,8 @@ from transformers import (
     BlipProcessor,
 )
 
-from engine_build.checkpoint import share_readably
-from engine_build.vocab import build_vocab
+from blipq.engine_build.checkpoint import share_readably
+from blipq.engine_build.vocab import build_vocab
 
 Size = Literal["tiny", "base", "large"]
 

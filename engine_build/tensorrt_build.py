@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from contract.errors import ModelUnavailable
-from contract.options import CaptionOptions
-from engine_build.export import export_vision_encoder
-from inference.engine import CaptionEngine
-from inference.vision import (
+from blipq.contract.errors import ModelUnavailable
+from blipq.contract.options import CaptionOptions
+from blipq.engine_build.export import export_vision_encoder
+from blipq.inference.engine import CaptionEngine
+from blipq.inference.vision import (
     MANIFEST,
     PROGRAM,
     BatchRange,

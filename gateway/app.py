@@ -13,16 +13,16 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 
-from contract.errors import BlipqError
-from gateway.auth import ApiKeys, RateLimiter
-from gateway.body_limit import BodySizeLimit
-from gateway.broker import Broker
-from gateway.errors import install_error_handlers
-from gateway.metrics import GatewayMetrics
-from gateway.routes import health, seed, v1
-from gateway.service import Service
-from gateway.settings import GatewaySettings
-from gateway.store import JobStore
+from blipq.contract.errors import BlipqError
+from blipq.gateway.auth import ApiKeys, RateLimiter
+from blipq.gateway.body_limit import BodySizeLimit
+from blipq.gateway.broker import Broker
+from blipq.gateway.errors import install_error_handlers
+from blipq.gateway.metrics import GatewayMetrics
+from blipq.gateway.routes import health, seed, v1
+from blipq.gateway.service import Service
+from blipq.gateway.settings import GatewaySettings
+from blipq.gateway.store import JobStore
 
 log = logging.getLogger(__name__)
 

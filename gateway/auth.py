@@ -20,9 +20,9 @@ from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from contract.errors import BlipqError, RateLimited, Unauthorized
-from gateway.deps import ServiceDep
-from gateway.settings import GatewaySettings
+from blipq.contract.errors import BlipqError, RateLimited, Unauthorized
+from blipq.gateway.deps import ServiceDep
+from blipq.gateway.settings import GatewaySettings
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")

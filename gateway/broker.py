@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from contract.messages import ErrorInfo, ImageInput, ImageResult
-from contract.options import CaptionOptions
+from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
+from blipq.contract.options import CaptionOptions
 
 
 @dataclass(frozen=True)

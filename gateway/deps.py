@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.service import Service
+from blipq.gateway.service import Service
 
 
 def get_service(request: Request) -> Service:

@@ -9,10 +9,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from contract.errors import BlipqError, ImageFailed
-from gateway.error_codes import ERROR_CODES, HTTP_EXCEPTION_CODES, IMAGE_FAILED_STATUS
-from gateway.json_body import invalid_request, is_json, unreadable, unsupported
-from gateway.service import JobTimeout
+from blipq.contract.errors import BlipqError, ImageFailed
+from blipq.gateway.error_codes import ERROR_CODES, HTTP_EXCEPTION_CODES, IMAGE_FAILED_STATUS
+from blipq.gateway.json_body import invalid_request, is_json, unreadable, unsupported
+from blipq.gateway.service import JobTimeout
 
 
 def error_response(status: int, code: str, message: str, **extra: object) -> JSONResponse:

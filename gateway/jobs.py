@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from contract.messages import ErrorInfo
-from contract.options import CaptionOptions
+from blipq.contract.messages import ErrorInfo
+from blipq.contract.options import CaptionOptions
 
 
 class JobStatus(StrEnum):

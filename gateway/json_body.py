@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from contract.errors import InvalidInput, InvalidRequest, UnsupportedMediaType
+from blipq.contract.errors import InvalidInput, InvalidRequest, UnsupportedMediaType
 
 
 def is_json(content_type: str | None) -> bool:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from contract.errors import BlipqError
+from blipq.contract.errors import BlipqError
 
 
 class GatewayMetrics:

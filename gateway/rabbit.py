@@ -18,7 +18,7 @@ import aio_pika.abc
 from pamqp import commands
 from pydantic import ValidationError
 
-from contract.amqp import (
+from blipq.contract.amqp import (
     CONTENT_TYPE,
     DEAD_LETTER_EXCHANGE,
     DEAD_QUEUE,
@@ -31,11 +31,11 @@ from contract.amqp import (
     reply_queue,
     request_queue,
 )
-from contract.errors import ModelUnavailable, QueueFull, QueueUnavailable
-from contract.messages import ErrorInfo, ImageResult
-from contract.requests import ImageSpec, JobRequest
-from gateway.broker import Dispatch, JobFinished, OutcomeHandler
-from gateway.service import QUEUE_FULL_RETRY_AFTER_S
+from blipq.contract.errors import ModelUnavailable, QueueFull, QueueUnavailable
+from blipq.contract.messages import ErrorInfo, ImageResult
+from blipq.contract.requests import ImageSpec, JobRequest
+from blipq.gateway.broker import Dispatch, JobFinished, OutcomeHandler
+from blipq.gateway.service import QUEUE_FULL_RETRY_AFTER_S
 
 log = logging.getLogger(__name__)
 

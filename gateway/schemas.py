@@ -6,9 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from contract.options import CaptionOptions
-from gateway.error_codes import describe_status
-from gateway.jobs import ImageOutcome, Job, JobStatus
+from blipq.contract.options import CaptionOptions
+from blipq.gateway.error_codes import describe_status
+from blipq.gateway.jobs import ImageOutcome, Job, JobStatus
 
 
 class SeedRequest(BaseModel):

@@ -11,19 +11,19 @@ from typing import TYPE_CHECKING
 
 import anyio.from_thread
 
-from contract.errors import BlipqError, QueueFull, Timeout
-from contract.images import ImagePolicy
-from contract.messages import ErrorInfo, ImageInput
-from contract.options import CaptionOptions
-from gateway.broker import Broker, Dispatch, JobStarted, Outcome
-from gateway.jobs import Idempotency, Job, JobStatus
-from gateway.metrics import GatewayMetrics
-from gateway.settings import GatewaySettings
-from gateway.store import JobStore, job_not_found
-from gateway.waiters import Waiters
+from blipq.contract.errors import BlipqError, QueueFull, Timeout
+from blipq.contract.images import ImagePolicy
+from blipq.contract.messages import ErrorInfo, ImageInput
+from blipq.contract.options import CaptionOptions
+from blipq.gateway.broker import Broker, Dispatch, JobStarted, Outcome
+from blipq.gateway.jobs import Idempotency, Job, JobStatus
+from blipq.gateway.metrics import GatewayMetrics
+from blipq.gateway.settings import GatewaySettings
+from blipq.gateway.store import JobStore, job_not_found
+from blipq.gateway.waiters import Waiters
 
 if TYPE_CHECKING:
-    from gateway.auth import ApiKeys, Caller, RateLimiter
+    from blipq.gateway.auth import ApiKeys, Caller, RateLimiter
 
 #: What a 429 for a full queue tells clients to wait: long enough for a batch or two to finish.
 QUEUE_FULL_RETRY_AFTER_S = 5

@@ -9,7 +9,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from contract.settings import SharedSettings, split_commas
+from blipq.contract.settings import SharedSettings, split_commas
 
 
 class GatewaySettings(SharedSettings):

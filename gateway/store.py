@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from contract.errors import IdempotencyConflict, JobNotFound, QueueUnavailable
-from contract.messages import ErrorInfo, ImageInput, ImageResult
-from contract.options import CaptionOptions
-from gateway.jobs import Idempotency, ImageOutcome, Job, JobStatus
+from blipq.contract.errors import IdempotencyConflict, JobNotFound, QueueUnavailable
+from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
+from blipq.contract.options import CaptionOptions
+from blipq.gateway.jobs import Idempotency, ImageOutcome, Job, JobStatus
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -20,7 +20,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from contract.amqp import (
+from blipq.contract.amqp import (
     CONTENT_TYPE,
     DEAD_LETTER_EXCHANGE,
     DEAD_QUEUE,
@@ -28,13 +28,13 @@ from contract.amqp import (
     ROUTING_KEY,
     request_queue,
 )
-from contract.errors import BlipqError
-from contract.images import ImagePolicy
-from contract.messages import ImageResult
-from inference.batcher import Batcher, BatcherConfig, WorkItem
-from inference.engine import CaptionEngine
-from inference.metrics import InferenceMetrics
-from inference.requests import ParsedRequest, dead_letter_error, error_reply_body, parse_request, reply_body
+from blipq.contract.errors import BlipqError
+from blipq.contract.images import ImagePolicy
+from blipq.contract.messages import ImageResult
+from blipq.inference.batcher import Batcher, BatcherConfig, WorkItem
+from blipq.inference.engine import CaptionEngine
+from blipq.inference.metrics import InferenceMetrics
+from blipq.inference.requests import ParsedRequest, dead_letter_error, error_reply_body, parse_request, reply_body
 
 log = logging.getLogger(__name__)
 

@@ -25,16 +25,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from contract.errors import BlipqError, ModelUnavailable
-from contract.images import ImagePolicy
-from contract.messages import ErrorInfo, ImageInput, ImageResult
-from contract.options import CaptionOptions
-from inference.captioning import caption_prepared
-from inference.decode import decode_image
-from inference.engine import CaptionEngine
-from inference.fetch import FetchPolicy, fetch_url
-from inference.metrics import InferenceMetrics
-from inference.settings import InferenceSettings
+from blipq.contract.errors import BlipqError, ModelUnavailable
+from blipq.contract.images import ImagePolicy
+from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
+from blipq.contract.options import CaptionOptions
+from blipq.inference.captioning import caption_prepared
+from blipq.inference.decode import decode_image
+from blipq.inference.engine import CaptionEngine
+from blipq.inference.fetch import FetchPolicy, fetch_url
+from blipq.inference.metrics import InferenceMetrics
+from blipq.inference.settings import InferenceSettings
 
 if TYPE_CHECKING:
     from torch import Tensor

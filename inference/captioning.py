@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
-from contract.errors import BlipqError, InvalidImage
-from contract.options import CaptionOptions
-from inference.engine import CaptionEngine
+from blipq.contract.errors import BlipqError, InvalidImage
+from blipq.contract.options import CaptionOptions
+from blipq.inference.engine import CaptionEngine
 
 if TYPE_CHECKING:
     from torch import Tensor

@@ -7,8 +7,8 @@ import io
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
-from contract.errors import InputTooLarge, InvalidImage
-from contract.images import ImagePolicy, open_image
+from blipq.contract.errors import InputTooLarge, InvalidImage
+from blipq.contract.images import ImagePolicy, open_image
 
 
 def decode_image(data: bytes, policy: ImagePolicy | None = None) -> Image.Image:

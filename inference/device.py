@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from contract.errors import ModelUnavailable
+from blipq.contract.errors import ModelUnavailable
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

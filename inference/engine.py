@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
-from contract.errors import BlipqError, InvalidOptions, ModelFailed, ModelUnavailable
-from contract.options import CaptionOptions
-from inference.device import resolve_device, resolve_dtype
-from inference.settings import VisionEngine
-from inference.speedups import cache_keyword, prefilled_cache, use_sdpa_in_vision_encoder
-from inference.vision import choose_vision_encoder
+from blipq.contract.errors import BlipqError, InvalidOptions, ModelFailed, ModelUnavailable
+from blipq.contract.options import CaptionOptions
+from blipq.inference.device import resolve_device, resolve_dtype
+from blipq.inference.settings import VisionEngine
+from blipq.inference.speedups import cache_keyword, prefilled_cache, use_sdpa_in_vision_encoder
+from blipq.inference.vision import choose_vision_encoder
 
 log = logging.getLogger(__name__)
 

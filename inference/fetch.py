@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from contract.errors import FetchFailed, InputTooLarge, InvalidImage
-from contract.images import describe_bytes, sniff_format
-from contract.urls import ALLOWED_SCHEMES
+from blipq.contract.errors import FetchFailed, InputTooLarge, InvalidImage
+from blipq.contract.images import describe_bytes, sniff_format
+from blipq.contract.urls import ALLOWED_SCHEMES
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")

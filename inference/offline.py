@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from contract.errors import BlipqError
-from contract.images import ImagePolicy
-from contract.options import CaptionOptions
-from inference.captioning import caption_prepared
-from inference.decode import decode_image
-from inference.engine import CaptionEngine
-from inference.writers import CaptionRow
+from blipq.contract.errors import BlipqError
+from blipq.contract.images import ImagePolicy
+from blipq.contract.options import CaptionOptions
+from blipq.inference.captioning import caption_prepared
+from blipq.inference.decode import decode_image
+from blipq.inference.engine import CaptionEngine
+from blipq.inference.writers import CaptionRow
 
 if TYPE_CHECKING:
     from torch import Tensor

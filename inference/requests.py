@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from contract.amqp import DELIVERY_LIMIT, CaptionReply, ReplyError, ReplyImage
-from contract.errors import BlipqError, InvalidRequest
-from contract.images import ImagePolicy
-from contract.inputs import from_base64, from_url
-from contract.messages import ErrorInfo, ImageInput, ImageResult
-from contract.options import CaptionOptions
-from contract.requests import JobRequest
+from blipq.contract.amqp import DELIVERY_LIMIT, CaptionReply, ReplyError, ReplyImage
+from blipq.contract.errors import BlipqError, InvalidRequest
+from blipq.contract.images import ImagePolicy
+from blipq.contract.inputs import from_base64, from_url
+from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
+from blipq.contract.options import CaptionOptions
+from blipq.contract.requests import JobRequest
 
 log = logging.getLogger(__name__)
 

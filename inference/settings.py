@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from contract.settings import CommaList, SharedSettings, split_commas
+from blipq.contract.settings import CommaList, SharedSettings, split_commas
 
 VisionEngine = Literal["auto", "torch", "tensorrt"]
 

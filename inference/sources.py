@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from contract.errors import UnreadableInput
-from contract.urls import is_url
-from inference.fetch import FetchPolicy, fetch_url
+from blipq.contract.errors import UnreadableInput
+from blipq.contract.urls import is_url
+from blipq.inference.fetch import FetchPolicy, fetch_url
 
 #: Files picked up when a folder is given; files named explicitly are always tried.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
-from contract.errors import ModelUnavailable
-from inference.settings import VisionEngine
+from blipq.contract.errors import ModelUnavailable
+from blipq.inference.settings import VisionEngine
 
 log = logging.getLogger(__name__)
 

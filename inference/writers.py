@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal, Protocol, TextIO
 
-from contract.errors import BlipqError
+from blipq.contract.errors import BlipqError
 
 OutputFormat = Literal["jsonl", "csv", "txt"]
 

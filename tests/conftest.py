@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from engine_build.synthetic import write_test_checkpoint
-from inference.engine import CaptionEngine, quiet_transformers
+from blipq.engine_build.synthetic import write_test_checkpoint
+from blipq.inference.engine import CaptionEngine, quiet_transformers
 from tests.rabbitmq import TestBroker, open_test_broker
+from tests.wheels import build_wheel
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +21,12 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (random-weight) BLIP checkpoint on disk, written by `blipq test-model`'s code."""
     quiet_transformers()
     return write_test_checkpoint(tmp_path_factory.mktemp("tiny-blip"), size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def blipq_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel `pip wheel .` builds from this checkout."""
+    return build_wheel(ROOT, tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="session")

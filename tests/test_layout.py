@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("blipq", "contract", "gateway", "inference", "engine_build")
+#: the repository's folders of Python code; each side reaches the one import package as blipq.<side>
+FOLDERS = ("blipq", "contract", "gateway", "inference", "engine_build")
+SIDES = ("contract", "gateway", "inference", "engine_build")
 
 IMPORT_ALL = """
 import importlib, json, pkgutil, sys
@@ -18,26 +20,60 @@ package = importlib.import_module(sys.argv[1])
 names = [package.__name__] + [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
 for name in names:
     importlib.import_module(name)
-print(json.dumps({"imported": names, "loaded": sorted({m.split(".")[0] for m in sys.modules})}))
+print(json.dumps({"imported": names, "loaded": sorted(sys.modules)}))
 """
 
-#: side -> top-level modules that importing all of it must not load
+#: side -> third-party top-level modules that importing all of it must not load
 FORBIDDEN = {
-    "contract": {"torch", "transformers", "fastapi", "starlette", "gateway", "inference", "engine_build", "blipq"},
-    "gateway": {"torch", "transformers", "inference", "engine_build", "blipq"},
-    "inference": {"fastapi", "starlette", "gateway", "blipq"},
+    "contract": {"torch", "transformers", "fastapi", "starlette"},
+    "gateway": {"torch", "transformers"},
+    "inference": {"fastapi", "starlette"},
 }
+#: side -> the parts of blipq it may load: the package's own light __init__, itself and the contract
+#: (never the other side, engine_build, or the command's modules, the only code joining both sides)
+MAY_LOAD = {
+    "contract": ("blipq.contract",),
+    "gateway": ("blipq.contract", "blipq.gateway"),
+    "inference": ("blipq.contract", "blipq.inference"),
+}
+
+
+def import_everything(package: str, cwd: Path) -> dict[str, list[str]]:
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_ALL, package], capture_output=True, text=True, check=False, cwd=cwd
+    )
+    assert result.returncode == 0, result.stderr
+    found: dict[str, list[str]] = json.loads(result.stdout)
+    return found
+
+
+def blipq_parts_outside(loaded: list[str], allowed: tuple[str, ...]) -> set[str]:
+    return {
+        name
+        for name in loaded
+        if name.startswith("blipq.") and not any(name == part or name.startswith(part + ".") for part in allowed)
+    }
 
 
 @pytest.mark.parametrize("side", sorted(FORBIDDEN))
 def test_importing_a_whole_side_loads_nothing_it_must_not(side: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", IMPORT_ALL, side], capture_output=True, text=True, check=False, cwd=ROOT
-    )
-    assert result.returncode == 0, result.stderr
-    found = json.loads(result.stdout)
+    found = import_everything(f"blipq.{side}", ROOT)
     assert len(found["imported"]) > 3, found["imported"]  # the walk really found the modules
-    assert not FORBIDDEN[side] & set(found["loaded"]), f"{side} loads {FORBIDDEN[side] & set(found['loaded'])}"
+    top_level = {name.split(".")[0] for name in found["loaded"]}
+    assert not FORBIDDEN[side] & top_level, f"{side} loads {FORBIDDEN[side] & top_level}"
+    assert not blipq_parts_outside(found["loaded"], MAY_LOAD[side])
+    assert not set(SIDES) & top_level, f"{side} loads a side under its bare folder name"
+
+
+def test_the_blipq_part_check_notices_the_other_side() -> None:
+    """The rule above can fail: the command's modules and the other side are outside what a side may load."""
+    loaded = ["blipq", "blipq.contract.options", "blipq.gateway.app", "blipq.inference.engine", "blipq.cli"]
+    assert blipq_parts_outside(loaded, MAY_LOAD["gateway"]) == {"blipq.inference.engine", "blipq.cli"}
+    assert blipq_parts_outside(loaded, MAY_LOAD["contract"]) == {
+        "blipq.gateway.app",
+        "blipq.inference.engine",
+        "blipq.cli",
+    }
 
 
 def test_the_check_notices_a_forbidden_import(tmp_path: Path) -> None:
@@ -45,17 +81,14 @@ def test_the_check_notices_a_forbidden_import(tmp_path: Path) -> None:
     (tmp_path / "leaky").mkdir()
     (tmp_path / "leaky" / "__init__.py").write_text("")
     (tmp_path / "leaky" / "model.py").write_text("import torch\n")
-    result = subprocess.run(
-        [sys.executable, "-c", IMPORT_ALL, "leaky"], capture_output=True, text=True, check=True, cwd=tmp_path
-    )
-    assert "torch" in json.loads(result.stdout)["loaded"]
+    assert "torch" in import_everything("leaky", tmp_path)["loaded"]
 
 
-@pytest.mark.parametrize("package", PACKAGES)
-def test_no_module_is_over_400_lines(package: str) -> None:
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_no_module_is_over_400_lines(folder: str) -> None:
     long = {
         str(path.relative_to(ROOT)): lines
-        for path in (ROOT / package).rglob("*.py")
+        for path in (ROOT / folder).rglob("*.py")
         if (lines := len(path.read_text(encoding="utf-8").splitlines())) > 400
     }
     assert not long, f"split these modules: {long}"

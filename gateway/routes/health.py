@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from contract.errors import BlipqError
-from gateway.deps import ServiceDep
-from gateway.errors import response_for
-from gateway.schemas import error_responses
+from blipq.contract.errors import BlipqError
+from blipq.gateway.deps import ServiceDep
+from blipq.gateway.errors import response_for
+from blipq.gateway.schemas import error_responses
 
 router = APIRouter(tags=["operations"])
 

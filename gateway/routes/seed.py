@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from contract.inputs import check_count, from_base64, from_url
-from contract.messages import ImageInput
-from contract.options import CaptionOptions
-from gateway.auth import CallerDep
-from gateway.deps import ServiceDep
-from gateway.jobs import JobStatus
-from gateway.schemas import (
+from blipq.contract.inputs import check_count, from_base64, from_url
+from blipq.contract.messages import ImageInput
+from blipq.contract.options import CaptionOptions
+from blipq.gateway.auth import CallerDep
+from blipq.gateway.deps import ServiceDep
+from blipq.gateway.jobs import JobStatus
+from blipq.gateway.schemas import (
     JOB_ROUTE_ERRORS,
     SeedFinished,
     SeedRequest,
@@ -21,7 +21,7 @@ from gateway.schemas import (
     error_responses,
     seed_captions,
 )
-from gateway.service import Service
+from blipq.gateway.service import Service
 
 router = APIRouter(
     tags=["original API"],

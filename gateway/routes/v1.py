@@ -10,17 +10,17 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from contract.errors import ImageFailed, InputTooLarge, InvalidInput, InvalidOptions
-from contract.images import ImagePolicy
-from contract.inputs import check_count, from_base64, from_bytes, from_url
-from contract.messages import ImageInput
-from contract.options import CaptionOptions
-from contract.requests import JobRequest
-from gateway.auth import Caller, CallerDep
-from gateway.deps import ServiceDep
-from gateway.jobs import Idempotency, Job, JobStatus
-from gateway.json_body import is_json, read_json, unsupported, validate
-from gateway.schemas import (
+from blipq.contract.errors import ImageFailed, InputTooLarge, InvalidInput, InvalidOptions
+from blipq.contract.images import ImagePolicy
+from blipq.contract.inputs import check_count, from_base64, from_bytes, from_url
+from blipq.contract.messages import ImageInput
+from blipq.contract.options import CaptionOptions
+from blipq.contract.requests import JobRequest
+from blipq.gateway.auth import Caller, CallerDep
+from blipq.gateway.deps import ServiceDep
+from blipq.gateway.jobs import Idempotency, Job, JobStatus
+from blipq.gateway.json_body import is_json, read_json, unsupported, validate
+from blipq.gateway.schemas import (
     JOB_ROUTE_ERRORS,
     GeneratedText,
     HuggingFaceRequest,
@@ -28,7 +28,7 @@ from gateway.schemas import (
     JobView,
     error_responses,
 )
-from gateway.service import Service
+from blipq.gateway.service import Service
 
 router = APIRouter(
     prefix="/v1",

@@ -14,11 +14,11 @@ import torch
 from typer.testing import CliRunner
 
 from blipq.cli import app
-from contract.options import CaptionOptions
-from gateway.settings import GatewaySettings
-from inference.decode import decode_image
-from inference.engine import CaptionEngine
-from inference.settings import InferenceSettings
+from blipq.contract.options import CaptionOptions
+from blipq.gateway.settings import GatewaySettings
+from blipq.inference.decode import decode_image
+from blipq.inference.engine import CaptionEngine
+from blipq.inference.settings import InferenceSettings
 from tests.helpers import drawing, encode, noise
 from tests.server import free_port
 

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pika
 
-from contract.options import CaptionOptions
-from inference.decode import decode_image
-from inference.engine import CaptionEngine
+from blipq.contract.options import CaptionOptions
+from blipq.inference.decode import decode_image
+from blipq.inference.engine import CaptionEngine
 from tests.helpers import pictures
 from tests.rabbitmq import RabbitNode
 from tests.server import Server, WorkerProcess, get_job, submit_job, wait_until

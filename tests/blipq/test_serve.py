@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 
-from contract.options import CaptionOptions
-from gateway.jobs import JobStatus
-from gateway.store import open_store
-from inference.decode import decode_image
-from inference.engine import CaptionEngine
+from blipq.contract.options import CaptionOptions
+from blipq.gateway.jobs import JobStatus
+from blipq.gateway.store import open_store
+from blipq.inference.decode import decode_image
+from blipq.inference.engine import CaptionEngine
 from tests.helpers import pictures
 from tests.server import Server, get_job, submit_job, wait_until
 

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from contract.amqp import CaptionReply, ReplyError
-from contract.json_schemas import FOLDER, SCHEMAS, render
+from blipq.contract.amqp import CaptionReply, ReplyError
+from blipq.contract.json_schemas import FOLDER, SCHEMAS, render
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
 def test_the_shipped_schema_files_match_the_models(name: str) -> None:
-    """Regenerate with `python -m contract.json_schemas` after changing a model."""
+    """Regenerate with `python -m blipq.contract.json_schemas` after changing a model."""
     assert (FOLDER / name).read_text(encoding="utf-8") == render(SCHEMAS[name])
 
 

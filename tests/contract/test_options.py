@@ -1,7 +1,7 @@
 import pytest
 
-from contract.errors import InvalidOptions
-from contract.options import CaptionOptions
+from blipq.contract.errors import InvalidOptions
+from blipq.contract.options import CaptionOptions
 
 
 def test_defaults_are_the_original_projects() -> None:

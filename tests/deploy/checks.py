@@ -10,8 +10,8 @@ import pytest
 import typer.main
 
 from blipq.cli import app
-from gateway.settings import GatewaySettings
-from inference.settings import InferenceSettings
+from blipq.gateway.settings import GatewaySettings
+from blipq.inference.settings import InferenceSettings
 
 CLI = typer.main.get_command(app)
 SETTINGS = {f"BLIPQ_{name.upper()}" for name in GatewaySettings.model_fields | InferenceSettings.model_fields}

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.deploy.build_context import dockerignore_rules, is_ignored, lay_out_stage
 from tests.deploy.checks import check_blipq_command, check_environment
 from tests.deploy.dockerfiles import DOCKERFILES, ROOT, read_dockerfile
+from tests.wheels import build_wheel, files_in
 
 GATEWAY = ROOT / "deploy" / "gateway.Dockerfile"
 INFERENCE = ROOT / "deploy" / "inference.Dockerfile"
@@ -77,3 +79,32 @@ def test_the_gpu_flavour_installs_torch_and_torch_tensorrt_of_one_version() -> N
     cpu_install = next(run for run in image.runs if "download.pytorch.org/whl/cpu" in run)
     assert "torch==${TORCH_VERSION}+cpu" in cpu_install
     assert "tensorrt" not in cpu_install
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
+def test_the_wheel_stage_builds_the_checkouts_wheel(dockerfile: Path, blipq_wheel: Path, tmp_path: Path) -> None:
+    """From exactly what its COPYs and .dockerignore let in, the image's wheel stage builds the wheel this
+    checkout builds: one import package, blipq, with every side (blipq/<side> links arrive with their
+    targets), so the image imports the names the editable install does."""
+    source = lay_out_stage(dockerfile, "wheel", ROOT, tmp_path / "stage")
+    assert not list(source.rglob("__pycache__"))
+    assert files_in(build_wheel(source, tmp_path / "wheels")) == files_in(blipq_wheel)
+
+
+def test_a_wheel_stage_missing_a_side_is_noticed(tmp_path: Path) -> None:
+    """The check above can fail: without `COPY gateway`, blipq/gateway is a dangling link and the build stops."""
+    dockerfile = tmp_path / "gateway.Dockerfile"
+    dockerfile.write_text((ROOT / "deploy" / "gateway.Dockerfile").read_text().replace("COPY gateway ./gateway\n", ""))
+    source = lay_out_stage(dockerfile, "wheel", ROOT, tmp_path / "stage")
+    assert (source / "blipq" / "gateway").is_symlink()
+    with pytest.raises(AssertionError, match="blipq/gateway"):
+        build_wheel(source, tmp_path / "wheels")
+
+
+def test_dockerignore_rules_as_docker_reads_them() -> None:
+    rules = dockerignore_rules(ROOT)
+    assert not is_ignored("pyproject.toml", rules)
+    assert not is_ignored("gateway/routes/v1.py", rules)
+    assert is_ignored("gateway/routes/__pycache__/v1.cpython-311.pyc", rules)
+    assert is_ignored("tests/conftest.py", rules)
+    assert is_ignored(".venv/bin/python", rules)

@@ -26,9 +26,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from contract.options import CaptionOptions
-from inference.decode import decode_image
-from inference.engine import CaptionEngine
+from blipq.contract.options import CaptionOptions
+from blipq.inference.decode import decode_image
+from blipq.inference.engine import CaptionEngine
 from tests.deploy.compose import ROOT, effective
 from tests.deploy.dockerfiles import read_dockerfile
 from tests.engine_build.hub_server import HubServer

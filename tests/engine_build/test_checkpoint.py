@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from contract.errors import ModelUnavailable
-from contract.options import CaptionOptions
-from engine_build.checkpoint import cache_path, resolve_checkpoint, share_readably
-from engine_build.synthetic import write_test_checkpoint
-from inference.engine import CaptionEngine
+from blipq.contract.errors import ModelUnavailable
+from blipq.contract.options import CaptionOptions
+from blipq.engine_build.checkpoint import cache_path, resolve_checkpoint, share_readably
+from blipq.engine_build.synthetic import write_test_checkpoint
+from blipq.inference.engine import CaptionEngine
 from tests.engine_build.hub_server import HubServer
 from tests.helpers import varied_images
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from contract.options import CaptionOptions
-from engine_build.export import export_vision_encoder, load_program, save_program
-from inference.decode import decode_image
-from inference.engine import CaptionEngine
+from blipq.contract.options import CaptionOptions
+from blipq.engine_build.export import export_vision_encoder, load_program, save_program
+from blipq.inference.decode import decode_image
+from blipq.inference.engine import CaptionEngine
 from tests.helpers import pictures
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
 
-from contract.options import CaptionOptions
-from engine_build.synthetic import SHAPES, blip_config, write_test_checkpoint
-from engine_build.vocab import build_vocab
-from inference.engine import CaptionEngine
+from blipq.contract.options import CaptionOptions
+from blipq.engine_build.synthetic import SHAPES, blip_config, write_test_checkpoint
+from blipq.engine_build.vocab import build_vocab
+from blipq.inference.engine import CaptionEngine
 from tests.helpers import varied_images
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from engine_build.synthetic import write_test_checkpoint
-from engine_build.tensorrt_build import MIN_COSINE, MIN_EXACT_CAPTIONS, build_engine, missing_requirement
-from inference.engine import CaptionEngine
-from inference.vision import MANIFEST, Manifest
+from blipq.engine_build.synthetic import write_test_checkpoint
+from blipq.engine_build.tensorrt_build import MIN_COSINE, MIN_EXACT_CAPTIONS, build_engine, missing_requirement
+from blipq.inference.engine import CaptionEngine
+from blipq.inference.vision import MANIFEST, Manifest
 
 pytestmark = pytest.mark.skipif(missing_requirement() is not None, reason=str(missing_requirement()))
 

@@ -1,4 +1,4 @@
-from engine_build.vocab import build_vocab
+from blipq.engine_build.vocab import build_vocab
 
 
 def test_bert_special_token_layout_and_exact_size() -> None:

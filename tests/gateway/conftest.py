@@ -11,19 +11,19 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from blipq.contract.images import ImagePolicy
 from blipq.embedded import InProcessBroker
-from contract.images import ImagePolicy
-from gateway.app import create_app
-from gateway.broker import Broker, Dispatch, OutcomeHandler
-from gateway.jobs import Job
-from gateway.rabbit import RabbitBroker
-from gateway.settings import GatewaySettings
-from gateway.store import open_store
-from inference.amqp_worker import AmqpWorker
-from inference.batcher import BatcherConfig
-from inference.engine import CaptionEngine
-from inference.fetch import FetchPolicy
-from inference.metrics import InferenceMetrics
+from blipq.gateway.app import create_app
+from blipq.gateway.broker import Broker, Dispatch, OutcomeHandler
+from blipq.gateway.jobs import Job
+from blipq.gateway.rabbit import RabbitBroker
+from blipq.gateway.settings import GatewaySettings
+from blipq.gateway.store import open_store
+from blipq.inference.amqp_worker import AmqpWorker
+from blipq.inference.batcher import BatcherConfig
+from blipq.inference.engine import CaptionEngine
+from blipq.inference.fetch import FetchPolicy
+from blipq.inference.metrics import InferenceMetrics
 from tests.rabbitmq import TestBroker
 from tests.server import Server, WorkerProcess, free_port, wait_until
 

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from blipq.contract.errors import BlipqError
 from blipq.embedded import InProcessBroker
-from contract.errors import BlipqError
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
-from gateway.store import open_store
-from inference.batcher import BatcherConfig
-from inference.engine import CaptionEngine
-from inference.metrics import InferenceMetrics
+from blipq.gateway.app import create_app
+from blipq.gateway.settings import GatewaySettings
+from blipq.gateway.store import open_store
+from blipq.inference.batcher import BatcherConfig
+from blipq.inference.engine import CaptionEngine
+from blipq.inference.metrics import InferenceMetrics
 from tests.gateway.conftest import AppFactory
 from tests.helpers import drawing, encode
 

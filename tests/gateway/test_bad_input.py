@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.rabbit import RabbitBroker
+from blipq.gateway.rabbit import RabbitBroker
 from tests.gateway.conftest import AppFactory
 from tests.helpers import drawing, encode
 from tests.server import Server, wait_until

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from contract import errors
-from gateway.error_codes import ERROR_CODES, codes_with_status
+from blipq.contract import errors
+from blipq.gateway.error_codes import ERROR_CODES, codes_with_status
 from tests.gateway.conftest import AppFactory
 
 README = Path(__file__).parents[2] / "README.md"

@@ -29,13 +29,13 @@ from schemathesis.checks import (
 from schemathesis.schemas import BaseSchema
 
 from blipq.embedded import InProcessBroker
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
-from gateway.store import open_store
-from inference.batcher import BatcherConfig
-from inference.engine import CaptionEngine
-from inference.fetch import FetchPolicy
-from inference.metrics import InferenceMetrics
+from blipq.gateway.app import create_app
+from blipq.gateway.settings import GatewaySettings
+from blipq.gateway.store import open_store
+from blipq.inference.batcher import BatcherConfig
+from blipq.inference.engine import CaptionEngine
+from blipq.inference.fetch import FetchPolicy
+from blipq.inference.metrics import InferenceMetrics
 
 EXAMPLES = int(os.environ.get("BLIPQ_SCHEMA_EXAMPLES", "30"))
 CHECKS = [

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 
-from contract.options import CaptionOptions
-from inference.decode import decode_image
-from inference.engine import CaptionEngine
+from blipq.contract.options import CaptionOptions
+from blipq.inference.decode import decode_image
+from blipq.inference.engine import CaptionEngine
 from tests.helpers import drawing, encode, noise
 from tests.server import Server
 

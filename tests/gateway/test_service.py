@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 
-from contract.messages import ErrorInfo, ImageResult
-from gateway.broker import JobFinished
+from blipq.contract.messages import ErrorInfo, ImageResult
+from blipq.gateway.broker import JobFinished
 from tests.gateway.conftest import AppFactory
 from tests.helpers import pictures
 

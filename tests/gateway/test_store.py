@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from contract.errors import IdempotencyConflict
-from contract.messages import ErrorInfo, ImageInput, ImageResult
-from contract.options import CaptionOptions
-from gateway.jobs import Idempotency, JobStatus
-from gateway.store import JobStore, open_store
+from blipq.contract.errors import IdempotencyConflict
+from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
+from blipq.contract.options import CaptionOptions
+from blipq.gateway.jobs import Idempotency, JobStatus
+from blipq.gateway.store import JobStore, open_store
 
 TWO = [ImageInput(data=b"first image"), ImageInput(url="https://example.test/b.jpg")]
 CAPTIONS = [ImageResult(caption="a cat"), ImageResult(error=ErrorInfo("fetch_failed", "image 1: HTTP 404"))]

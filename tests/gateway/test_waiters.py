@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import threading
 
-from gateway.waiters import Waiters
+from blipq.gateway.waiters import Waiters
 from tests.gateway.conftest import AppFactory
 from tests.helpers import pictures
 

@@ -19,13 +19,13 @@ from typing import Any
 import pika
 import pytest
 
-from contract.images import ImagePolicy
-from contract.options import CaptionOptions
-from inference.amqp_worker import AmqpWorker
-from inference.batcher import BatcherConfig
-from inference.decode import decode_image
-from inference.engine import CaptionEngine
-from inference.requests import dead_letter_error
+from blipq.contract.images import ImagePolicy
+from blipq.contract.options import CaptionOptions
+from blipq.inference.amqp_worker import AmqpWorker
+from blipq.inference.batcher import BatcherConfig
+from blipq.inference.decode import decode_image
+from blipq.inference.engine import CaptionEngine
+from blipq.inference.requests import dead_letter_error
 from tests.helpers import pictures
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from contract.messages import ImageInput, ImageResult
-from contract.options import CaptionOptions
-from inference.batcher import Batcher, BatcherConfig, WorkItem
-from inference.decode import decode_image
-from inference.engine import CaptionEngine
-from inference.fetch import FetchPolicy
+from blipq.contract.messages import ImageInput, ImageResult
+from blipq.contract.options import CaptionOptions
+from blipq.inference.batcher import Batcher, BatcherConfig, WorkItem
+from blipq.inference.decode import decode_image
+from blipq.inference.engine import CaptionEngine
+from blipq.inference.fetch import FetchPolicy
 from tests.helpers import encode, noise, pictures
 
 

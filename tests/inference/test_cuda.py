@@ -14,10 +14,10 @@ import pytest
 import torch
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
-from contract.options import CaptionOptions
-from engine_build.export import export_vision_encoder, load_program, save_program
-from engine_build.synthetic import write_test_checkpoint
-from inference.engine import CaptionEngine
+from blipq.contract.options import CaptionOptions
+from blipq.engine_build.export import export_vision_encoder, load_program, save_program
+from blipq.engine_build.synthetic import write_test_checkpoint
+from blipq.inference.engine import CaptionEngine
 from tests.helpers import varied_images
 from tests.inference.test_engine import OPTION_SETS, decoded_inputs, reference_ids
 

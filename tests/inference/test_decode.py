@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from contract.errors import InputTooLarge, InvalidImage
-from contract.images import ImagePolicy, sniff_format
-from inference.decode import decode_image
+from blipq.contract.errors import InputTooLarge, InvalidImage
+from blipq.contract.images import ImagePolicy, sniff_format
+from blipq.inference.decode import decode_image
 from tests.helpers import drawing, encode, grey16, noise, png_declaring
 
 

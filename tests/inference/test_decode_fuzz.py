@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from contract.errors import InputTooLarge, InvalidImage
-from contract.images import ImagePolicy, check_image
-from inference.decode import decode_image
+from blipq.contract.errors import InputTooLarge, InvalidImage
+from blipq.contract.images import ImagePolicy, check_image
+from blipq.inference.decode import decode_image
 from tests.helpers import encode, grey16, noise
 
 EXAMPLES = int(os.environ.get("BLIPQ_FUZZ_EXAMPLES", "300"))

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from contract.errors import ModelUnavailable
-from inference.device import resolve_device, resolve_dtype
+from blipq.contract.errors import ModelUnavailable
+from blipq.inference.device import resolve_device, resolve_dtype
 
 
 def test_auto_device_and_dtype_on_this_machine() -> None:

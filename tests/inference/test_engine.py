@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
-from contract.errors import InvalidOptions
-from contract.options import CaptionOptions
-from inference.decode import decode_image
-from inference.engine import CaptionEngine
+from blipq.contract.errors import InvalidOptions
+from blipq.contract.options import CaptionOptions
+from blipq.inference.decode import decode_image
+from blipq.inference.engine import CaptionEngine
 from tests.helpers import drawing, encode, grey16, noise, varied_images
 
 OPTION_SETS = [

@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from contract.errors import FetchFailed, InputTooLarge, InvalidImage
-from contract.urls import is_url
-from inference.fetch import FetchPolicy, fetch_url
+from blipq.contract.errors import FetchFailed, InputTooLarge, InvalidImage
+from blipq.contract.urls import is_url
+from blipq.inference.fetch import FetchPolicy, fetch_url
 from tests.helpers import encode, noise
 
 PNG = encode(noise(32, 24, seed=4), "PNG")

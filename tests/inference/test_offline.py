@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from contract.images import ImagePolicy
-from contract.options import CaptionOptions
-from inference.decode import decode_image
-from inference.engine import CaptionEngine
-from inference.offline import caption_sources
+from blipq.contract.images import ImagePolicy
+from blipq.contract.options import CaptionOptions
+from blipq.inference.decode import decode_image
+from blipq.inference.engine import CaptionEngine
+from blipq.inference.offline import caption_sources
 from tests.helpers import encode, varied_images
 
 

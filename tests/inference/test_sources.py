@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from contract.errors import UnreadableInput
-from inference.fetch import FetchPolicy
-from inference.sources import expand_inputs, read_source
+from blipq.contract.errors import UnreadableInput
+from blipq.inference.fetch import FetchPolicy
+from blipq.inference.sources import expand_inputs, read_source
 
 
 def test_folders_expand_to_sorted_image_files(tmp_path: Path) -> None:

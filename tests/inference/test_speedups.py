@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from inference.engine import CaptionEngine
-from inference.speedups import cache_keyword
+from blipq.inference.engine import CaptionEngine
+from blipq.inference.speedups import cache_keyword
 
 
 def test_a_decoder_from_before_the_rename_gets_past_key_values(

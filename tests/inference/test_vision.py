@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from contract.errors import ModelUnavailable
-from inference.vision import (
+from blipq.contract.errors import ModelUnavailable
+from blipq.inference.vision import (
     MANIFEST,
     PROGRAM,
     BatchRange,
@@ -99,7 +99,7 @@ def test_auto_falls_back_to_torch_with_one_line_and_tensorrt_refuses(
     checkpoint: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cpu = torch.device("cpu")
-    with caplog.at_level(logging.INFO, logger="inference.vision"):
+    with caplog.at_level(logging.INFO, logger="blipq.inference.vision"):
         assert choose_vision_encoder("auto", checkpoint, cpu, torch.float32) is None
     assert [record.getMessage() for record in caplog.records] == ["vision encoder: torch (no CUDA device)"]
     assert choose_vision_encoder("torch", checkpoint, cpu, torch.float32) is None
