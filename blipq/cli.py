@@ -17,6 +17,21 @@ from rich.console import Console
 from rich.markup import escape
 
 from blipq import __version__
+from blipq.cli_options import (
+    BatchWaitOpt,
+    BrokerOpt,
+    CheckpointsOpt,
+    DecodeThreadsOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FastDecodeOpt,
+    MaxBatchOpt,
+    ModelOpt,
+    TorchThreadsOpt,
+    VisionEngineOpt,
+    generation_option,
+    setting_option,
+)
 from blipq.contract.errors import BlipqError, InvalidOptions
 from blipq.contract.options import CaptionOptions
 from blipq.contract.settings import SharedSettings
@@ -33,35 +48,6 @@ app = typer.Typer(
 )
 stderr = Console(stderr=True)
 AnySettings = TypeVar("AnySettings", bound=SharedSettings)
-
-
-def _setting(kind: type[SharedSettings], name: str, flag: str, summary: str, *aliases: str) -> Any:
-    """An option for a settings field: left out, the field's environment variable or default applies,
-    and the help says both (read from the settings class, so it stays true)."""
-    default = kind.model_fields[name].get_default(call_default_factory=True)
-    # "\[" keeps rich from taking the brackets for markup.
-    help_text = f"{summary} \\[env BLIPQ_{name.upper()}; default: {default}]"
-    return typer.Option(flag, *aliases, help=help_text, show_default=False)
-
-
-def _generation(name: str, summary: str) -> Any:
-    """An option for a `CaptionOptions` field, its default read from there."""
-    default = CaptionOptions.model_fields[name].default
-    return typer.Option(f"--{name.replace('_', '-')}", help=f"{summary} \\[default: {default!r}]", show_default=False)
-
-
-ModelOpt = Annotated[str | None, _setting(InferenceSettings, "model", "--model", "Checkpoint directory or hub id.")]
-CheckpointsOpt = Annotated[
-    Path | None,
-    _setting(InferenceSettings, "checkpoints_dir", "--checkpoints-dir", "Where hub checkpoints are stored."),
-]
-DeviceOpt = Annotated[str | None, _setting(InferenceSettings, "device", "--device", "auto, cpu, cuda, cuda:N or mps.")]
-DtypeOpt = Annotated[str | None, _setting(InferenceSettings, "dtype", "--dtype", "auto, fp32, fp16 or bf16.")]
-VisionEngineOpt = Annotated[
-    str | None,
-    _setting(InferenceSettings, "vision_engine", "--vision-engine", "auto, torch or tensorrt (see build-engine)."),
-]
-MaxBatchOpt = Annotated[int | None, _setting(InferenceSettings, "max_batch", "--max-batch", "Images per model call.")]
 
 
 def _settings(kind: type[AnySettings], **overrides: Any) -> AnySettings:
@@ -112,19 +98,21 @@ def caption(
         Path | None, typer.Option("--out", "-o", help="Write rows to this file instead of stdout ('-' is stdout).")
     ] = None,
     batch_size: Annotated[
-        int | None, _setting(InferenceSettings, "max_batch", "--batch-size", "Images per model call.", "-b")
+        int | None, setting_option(InferenceSettings, "max_batch", "--batch-size", "Images per model call.", "-b")
     ] = None,
     model: ModelOpt = None,
     checkpoints_dir: CheckpointsOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     vision_engine: VisionEngineOpt = None,
-    num_beams: Annotated[int | None, _generation("num_beams", "Beam width; 1 = greedy.")] = None,
-    max_length: Annotated[int | None, _generation("max_length", "Max tokens, prompt included.")] = None,
-    min_length: Annotated[int | None, _generation("min_length", "Min tokens, prompt included.")] = None,
-    prompt: Annotated[str | None, _generation("prompt", "Caption prefix, removed from the output.")] = None,
-    repetition_penalty: Annotated[float | None, _generation("repetition_penalty", "1.0 = none.")] = None,
-    decode_threads: Annotated[int, typer.Option(help="Threads decoding images ahead of the model.")] = 2,
+    num_beams: Annotated[int | None, generation_option("num_beams", "Beam width; 1 = greedy.")] = None,
+    max_length: Annotated[int | None, generation_option("max_length", "Max tokens, prompt included.")] = None,
+    min_length: Annotated[int | None, generation_option("min_length", "Min tokens, prompt included.")] = None,
+    prompt: Annotated[str | None, generation_option("prompt", "Caption prefix, removed from the output.")] = None,
+    repetition_penalty: Annotated[float | None, generation_option("repetition_penalty", "1.0 = none.")] = None,
+    decode_threads: DecodeThreadsOpt = None,
+    torch_threads: TorchThreadsOpt = None,
+    fast_decode: FastDecodeOpt = None,
 ) -> None:
     """Caption image files, folders and URLs; one output row per image (path, caption or error)."""
     from blipq.inference.sources import expand_inputs
@@ -138,6 +126,9 @@ def caption(
         dtype=dtype,
         max_batch=batch_size,
         vision_engine=vision_engine,
+        decode_threads=decode_threads,
+        torch_threads=torch_threads,
+        fast_decode=fast_decode,
     )
     try:
         options = CaptionOptions.build(
@@ -156,7 +147,7 @@ def caption(
     if not sources:
         _fail("no images found in the given paths (folders are scanned for .jpg .png .webp .gif .bmp .tif)")
     try:
-        failed = caption_to_output(settings, options, sources, output_format, out, decode_threads, console=stderr)
+        failed = caption_to_output(settings, options, sources, output_format, out, console=stderr)
     except BlipqError as exc:
         _fail(exc.message, code=2 if isinstance(exc, InvalidOptions) else 1)
     if failed == len(sources):
@@ -246,25 +237,16 @@ def download(
     stderr.print(f"checkpoint ready in {path}", highlight=False)
 
 
-BrokerOpt = Annotated[
-    str | None,
-    _setting(SharedSettings, "broker_url", "--broker", "RabbitMQ URL; unset = embedded mode, all in this process."),
-]
-BatchWaitOpt = Annotated[
-    int | None, _setting(InferenceSettings, "batch_wait_ms", "--batch-wait-ms", "Milliseconds to fill a batch.")
-]
-
-
 @app.command()
 def serve(
-    host: Annotated[str | None, _setting(GatewaySettings, "host", "--host", "Listen address.")] = None,
-    port: Annotated[int | None, _setting(GatewaySettings, "port", "--port", "Listen port.")] = None,
+    host: Annotated[str | None, setting_option(GatewaySettings, "host", "--host", "Listen address.")] = None,
+    port: Annotated[int | None, setting_option(GatewaySettings, "port", "--port", "Listen port.")] = None,
     store: Annotated[
-        str | None, _setting(GatewaySettings, "store", "--store", "Result store: sqlite:///path/to/file.db.")
+        str | None, setting_option(GatewaySettings, "store", "--store", "Result store: sqlite:///path/to/file.db.")
     ] = None,
     broker: BrokerOpt = None,
     gateway_id: Annotated[
-        str | None, _setting(GatewaySettings, "gateway_id", "--gateway-id", "Names this gateway's reply queue.")
+        str | None, setting_option(GatewaySettings, "gateway_id", "--gateway-id", "Names this gateway's reply queue.")
     ] = None,
     model: ModelOpt = None,
     checkpoints_dir: CheckpointsOpt = None,
@@ -273,13 +255,17 @@ def serve(
     vision_engine: VisionEngineOpt = None,
     max_batch: MaxBatchOpt = None,
     batch_wait_ms: BatchWaitOpt = None,
+    decode_threads: DecodeThreadsOpt = None,
+    torch_threads: TorchThreadsOpt = None,
+    fast_decode: FastDecodeOpt = None,
 ) -> None:
     """Run the HTTP gateway: with --broker it publishes jobs to RabbitMQ for `blipq worker`s; without,
     the model runs in this process too (the embedded mode)."""
     gateway = _settings(GatewaySettings, host=host, port=port, store=store, broker_url=broker, gateway_id=gateway_id)
     inference = _model_settings(
-        model, checkpoints_dir, device, dtype, max_batch, batch_wait_ms, vision_engine=vision_engine
-    )
+        model, checkpoints_dir, device, dtype, max_batch, batch_wait_ms, vision_engine=vision_engine,
+        decode_threads=decode_threads, torch_threads=torch_threads, fast_decode=fast_decode,
+    )  # fmt: skip
     try:
         if gateway.broker_url is not None:
             from blipq.serving import run_gateway
@@ -308,13 +294,18 @@ def worker(
     max_batch: MaxBatchOpt = None,
     batch_wait_ms: BatchWaitOpt = None,
     metrics_port: Annotated[
-        int | None, _setting(InferenceSettings, "metrics_port", "--metrics-port", "Prometheus metrics port; 0 = off.")
+        int | None,
+        setting_option(InferenceSettings, "metrics_port", "--metrics-port", "Prometheus metrics port; 0 = off."),
     ] = None,
+    decode_threads: DecodeThreadsOpt = None,
+    torch_threads: TorchThreadsOpt = None,
+    fast_decode: FastDecodeOpt = None,
 ) -> None:
     """Run one inference worker consuming jobs from RabbitMQ (one per GPU). SIGTERM answers what is in hand."""
     settings = _model_settings(
         model, checkpoints_dir, device, dtype, max_batch, batch_wait_ms, broker=broker, metrics_port=metrics_port,
-        vision_engine=vision_engine,
+        vision_engine=vision_engine, decode_threads=decode_threads, torch_threads=torch_threads,
+        fast_decode=fast_decode,
     )  # fmt: skip
     if settings.broker_url is None:
         _fail("blipq worker consumes jobs from RabbitMQ: give --broker amqp://user:pass@host:5672/vhost", code=2)
@@ -337,11 +328,15 @@ def _model_settings(
     broker: str | None = None,
     metrics_port: int | None = None,
     vision_engine: str | None = None,
+    decode_threads: int | None = None,
+    torch_threads: int | None = None,
+    fast_decode: bool | None = None,
 ) -> InferenceSettings:
     return _settings(
         InferenceSettings, model=model, checkpoints_dir=checkpoints_dir, device=device, dtype=dtype,
         max_batch=max_batch, batch_wait_ms=batch_wait_ms, broker_url=broker, metrics_port=metrics_port,
-        vision_engine=vision_engine,
+        vision_engine=vision_engine, decode_threads=decode_threads, torch_threads=torch_threads,
+        fast_decode=fast_decode,
     )  # fmt: skip
 
 

@@ -7,6 +7,7 @@ when it starts (`replays_unfinished`).
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 
 import anyio.to_thread
 
@@ -53,14 +54,17 @@ class InProcessBroker:
         await anyio.to_thread.run_sync(self.batcher.stop)
 
     def started(self, item: WorkItem) -> None:
-        self._deliver(JobStarted(item.key))
+        """On the batcher's feeder thread, before the model sees the job: waits until the attempt is stored, so
+        a job that takes the process down with it is counted even then (and failed after max_attempts)."""
+        self._deliver(JobStarted(item.key)).result()
 
     def done(self, item: WorkItem, results: list[ImageResult]) -> None:
+        """On the model's thread: hands the outcome over and returns (the store commits it on its own thread)."""
         self._deliver(JobFinished(item.key, results))
 
-    def _deliver(self, outcome: JobStarted | JobFinished) -> None:
+    def _deliver(self, outcome: JobStarted | JobFinished) -> Future[None]:
         assert self._on_outcome is not None, "outcomes arrive only after start"
-        self._on_outcome(outcome)
+        return self._on_outcome(outcome)
 
 
 def run_embedded(gateway: GatewaySettings, inference: InferenceSettings) -> None:
@@ -71,9 +75,7 @@ def run_embedded(gateway: GatewaySettings, inference: InferenceSettings) -> None
     try:
         quiet_transformers()
         checkpoint = resolve_checkpoint(inference.model, inference.checkpoints_dir)
-        engine = CaptionEngine.load(
-            checkpoint, device=inference.device, dtype=inference.dtype, vision_engine=inference.vision_engine
-        )
+        engine = CaptionEngine.configured(checkpoint, inference)
     except BaseException:
         store.close()
         raise

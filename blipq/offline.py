@@ -20,7 +20,6 @@ def caption_to_output(
     sources: list[str],
     output_format: OutputFormat,
     out: Path | None,
-    decode_threads: int,
     *,
     console: Console,
 ) -> int:
@@ -32,15 +31,14 @@ def caption_to_output(
     from blipq.inference.engine import CaptionEngine, quiet_transformers
     from blipq.inference.fetch import FetchPolicy
     from blipq.inference.offline import caption_sources
+    from blipq.inference.settings import decode_threads
     from blipq.inference.sources import read_source
     from blipq.inference.writers import open_writer
 
     quiet_transformers()
     checkpoint = resolve_checkpoint(settings.model, settings.checkpoints_dir)
     with console.status(f"loading {checkpoint}"):
-        engine = CaptionEngine.load(
-            checkpoint, device=settings.device, dtype=settings.dtype, vision_engine=settings.vision_engine
-        )
+        engine = CaptionEngine.configured(checkpoint, settings)
     engine.check_options(options)
     # The command line fetches the user's own URLs: private and loopback addresses are fine here.
     fetch = FetchPolicy(timeout_s=settings.fetch_timeout_s, max_bytes=settings.max_fetch_bytes, public_only=False)
@@ -67,7 +65,8 @@ def caption_to_output(
             read=read,
             policy=ImagePolicy.of(settings, limit_bytes=False),
             batch_size=settings.max_batch,
-            decode_threads=decode_threads,
+            decode_threads=decode_threads(settings),
+            fast_decode=settings.fast_decode,
         )
         for row in rows:
             writer.write(row)

@@ -25,9 +25,7 @@ def run_worker(settings: InferenceSettings) -> None:
     show_progress_logs()
     quiet_transformers()
     checkpoint = resolve_checkpoint(settings.model, settings.checkpoints_dir)
-    engine = CaptionEngine.load(
-        checkpoint, device=settings.device, dtype=settings.dtype, vision_engine=settings.vision_engine
-    )
+    engine = CaptionEngine.configured(checkpoint, settings)
     metrics = InferenceMetrics()
     if settings.metrics_port:
         start_http_server(settings.metrics_port, registry=metrics.registry)

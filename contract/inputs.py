@@ -5,9 +5,10 @@ Each error names the image by its index in the request and the limit it broke.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
+
+import pybase64
 
 from blipq.contract.errors import BlipqError, InputTooLarge, InvalidInput
 from blipq.contract.images import ImagePolicy, check_image
@@ -15,23 +16,33 @@ from blipq.contract.messages import ImageInput
 from blipq.contract.urls import ALLOWED_SCHEMES, is_url
 
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
-_WHITESPACE = re.compile(r"\s+")
 MAX_URL_LENGTH = 2048
 
 
 def from_base64(text: str, index: int, policy: ImagePolicy) -> ImageInput:
-    """Decode one base64 image (a `data:image/...;base64,` prefix and whitespace are tolerated)."""
-    cleaned = _WHITESPACE.sub("", _DATA_URL.sub("", text.strip(), count=1))
-    if policy.max_bytes is not None and len(cleaned) > 4 * -(-policy.max_bytes // 3):
+    """Decode one base64 image (a `data:image/...;base64,` prefix, whitespace and missing padding are tolerated)."""
+    cleaned = _DATA_URL.sub("", text.strip(), count=1)
+    if policy.max_bytes is not None and len(cleaned) > 4 * -(-policy.max_bytes // 3) + len(cleaned) // 50:
+        # (a fiftieth for line breaks: MIME wraps base64 at 76 characters)
         raise InputTooLarge(
             f"image {index}: {len(cleaned)} base64 characters encode more than the max_image_bytes limit "
             f"of {policy.max_bytes} bytes"
         )
     try:
-        data = base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
+        data = _strict_b64decode(cleaned)
     except (binascii.Error, ValueError):
-        raise InvalidInput(f"image {index}: not valid base64 ({len(text)} characters)") from None
+        # Line-wrapped base64: the rare case pays for the whitespace scan (a regex over a megabyte takes
+        # milliseconds; the strict decode above, a fraction of that).
+        try:
+            data = _strict_b64decode("".join(cleaned.split()))
+        except (binascii.Error, ValueError):
+            raise InvalidInput(f"image {index}: not valid base64 ({len(text)} characters)") from None
     return from_bytes(data, index, policy)
+
+
+def _strict_b64decode(text: str) -> bytes:
+    # pybase64: the standard alphabet and its errors, with SIMD (tens of times faster than the standard library's).
+    return pybase64.b64decode(text + "=" * (-len(text) % 4), validate=True)
 
 
 def from_bytes(data: bytes, index: int, policy: ImagePolicy) -> ImageInput:

@@ -9,10 +9,15 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from blipq.contract.amqp import CaptionReply
+from blipq.contract.framing import FramedHeader
 from blipq.contract.requests import JobRequest
 
 FOLDER = Path(__file__).parent / "schema"
-SCHEMAS: dict[str, type[BaseModel]] = {"request.schema.json": JobRequest, "reply.schema.json": CaptionReply}
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "request.schema.json": JobRequest,
+    "framed-request-header.schema.json": FramedHeader,
+    "reply.schema.json": CaptionReply,
+}
 
 
 def render(model: type[BaseModel]) -> str:

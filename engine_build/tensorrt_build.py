@@ -113,7 +113,7 @@ def validate(engine: CaptionEngine, compiled: torch.nn.Module) -> Validation:
     cosines, max_diff = [], 0.0
     with torch.inference_mode():
         for start in range(0, len(prepared), 16):
-            pixels = torch.stack(prepared[start : start + 16]).to("cuda", torch.half)
+            pixels = engine.pixel_values(prepared[start : start + 16]).half()
             eager = engine.model.vision_model(pixel_values=pixels)[0].float()
             built = compiled(pixels).float()
             cosines += torch.nn.functional.cosine_similarity(eager.flatten(1), built.flatten(1)).tolist()

@@ -99,7 +99,7 @@ def _read_keys_file(path: Path) -> list[bytes]:
     return digests
 
 
-def identify_caller(
+async def identify_caller(  # async: FastAPI would run a plain def on a thread, a hop per request
     request: Request,
     service: ServiceDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],

@@ -8,6 +8,7 @@ broker) and RabbitMQ. Outcomes come back through the `OutcomeHandler` the gatewa
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,8 +41,9 @@ class JobFinished:
 
 Outcome = JobStarted | JobFinished
 
-#: Called from any thread, possibly more than once per job (at-least-once delivery).
-OutcomeHandler = Callable[[Outcome], None]
+#: Called from any thread, possibly more than once per job (at-least-once delivery); returns at once, with a
+#: future done once the outcome is stored (a transport acknowledges its message then, not before).
+OutcomeHandler = Callable[[Outcome], "Future[None]"]
 
 
 class Broker(Protocol):

@@ -7,7 +7,7 @@ from fastapi import Depends, Request
 from blipq.gateway.service import Service
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:  # async: FastAPI would run a plain def on a thread
     service: Service = request.app.state.service
     return service
 

@@ -9,9 +9,9 @@ connection reconnects with capped backoff and redeclares the queues and the repl
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
+from collections.abc import Awaitable
 
 import aio_pika
 import aio_pika.abc
@@ -19,7 +19,6 @@ from pamqp import commands
 from pydantic import ValidationError
 
 from blipq.contract.amqp import (
-    CONTENT_TYPE,
     DEAD_LETTER_EXCHANGE,
     DEAD_QUEUE,
     EXCHANGE,
@@ -31,9 +30,9 @@ from blipq.contract.amqp import (
     reply_queue,
     request_queue,
 )
-from blipq.contract.errors import ModelUnavailable, QueueFull, QueueUnavailable
+from blipq.contract.errors import BlipqError, ModelUnavailable, QueueFull, QueueUnavailable
+from blipq.contract.framing import FRAMED_CONTENT_TYPE, frame_request
 from blipq.contract.messages import ErrorInfo, ImageResult
-from blipq.contract.requests import ImageSpec, JobRequest
 from blipq.gateway.broker import Dispatch, JobFinished, OutcomeHandler
 from blipq.gateway.service import QUEUE_FULL_RETRY_AFTER_S
 
@@ -41,6 +40,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 10.0
 PUBLISH_TIMEOUT_S = 10.0
+STORE_RETRY_S = 1.0
 
 #: What a lost or refused connection raises (ChannelInvalidStateError is a RuntimeError, not an AMQPError).
 _BROKER_ERRORS = (
@@ -109,14 +109,9 @@ class RabbitBroker:
     async def publish(self, dispatch: Dispatch) -> None:
         if self._exchange is None or not self.connected:
             raise QueueUnavailable("RabbitMQ is not connected; retry shortly")
-        images = [
-            ImageSpec(url=image.url) if image.data is None else ImageSpec(b64=base64.b64encode(image.data).decode())
-            for image in dispatch.images
-        ]
-        body = JobRequest(images=images, options=dispatch.options).model_dump_json(exclude_none=True)
         message = aio_pika.Message(
-            body.encode(),
-            content_type=CONTENT_TYPE,
+            frame_request(dispatch.images, dispatch.options),  # the bytes as they are: no base64 on either side
+            content_type=FRAMED_CONTENT_TYPE,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             correlation_id=dispatch.job_id,
             reply_to=self.replies.name,
@@ -158,14 +153,30 @@ class RabbitBroker:
                 await self._connection.close()
 
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        async with message.process(ignore_processed=True):
-            try:
-                reply = CaptionReply.model_validate_json(message.body)
-            except ValidationError as exc:
-                log.warning("reply %s is not a caption reply; dropped: %s", message.correlation_id, exc)
-                return
-            assert self._on_outcome is not None
-            self._on_outcome(_outcome(reply))
+        """Acknowledged once the outcome is stored: one the store could not record comes back later."""
+        try:
+            reply = CaptionReply.model_validate_json(message.body)
+        except ValidationError as exc:
+            log.warning("reply %s is not a caption reply; dropped: %s", message.correlation_id, exc)
+            await _settle(message.ack())
+            return
+        assert self._on_outcome is not None
+        try:
+            await asyncio.wrap_future(self._on_outcome(_outcome(reply)))
+        except BlipqError as exc:
+            log.warning("reply %s not stored (%s); back to the queue", message.correlation_id, exc.message)
+            await asyncio.sleep(STORE_RETRY_S)  # not at once: a full or locked disk takes a while
+            await _settle(message.nack(requeue=True))
+            return
+        await _settle(message.ack())
+
+
+async def _settle(acknowledgement: Awaitable[None]) -> None:
+    """A reply not acknowledged because the connection dropped comes again; the store keeps the first outcome."""
+    try:
+        await acknowledgement
+    except _BROKER_ERRORS as exc:
+        log.info("reply not acknowledged (%s); it will be delivered again", exc)
 
 
 def _outcome(reply: CaptionReply) -> JobFinished:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
+import uuid
 from collections.abc import Sequence
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import anyio.from_thread
+import anyio.to_thread
 
 from blipq.contract.errors import BlipqError, QueueFull, Timeout
 from blipq.contract.images import ImagePolicy
@@ -19,11 +22,13 @@ from blipq.gateway.broker import Broker, Dispatch, JobStarted, Outcome
 from blipq.gateway.jobs import Idempotency, Job, JobStatus
 from blipq.gateway.metrics import GatewayMetrics
 from blipq.gateway.settings import GatewaySettings
-from blipq.gateway.store import JobStore, job_not_found
+from blipq.gateway.store import JobStore, PendingLimit, job_not_found
 from blipq.gateway.waiters import Waiters
 
 if TYPE_CHECKING:
     from blipq.gateway.auth import ApiKeys, Caller, RateLimiter
+
+log = logging.getLogger(__name__)
 
 #: What a 429 for a full queue tells clients to wait: long enough for a batch or two to finish.
 QUEUE_FULL_RETRY_AFTER_S = 5
@@ -45,72 +50,121 @@ class Service:
 
     # -- jobs in -------------------------------------------------------------------------------
 
-    def submit(
+    async def submit(
         self,
         images: Sequence[ImageInput],
         options: CaptionOptions,
         caller: Caller,
         idempotency: Idempotency | None = None,
+        *,
+        job_id: str | None = None,
     ) -> str:
-        """Store a job and hand it to the broker (from a request thread); its id once both hold it.
+        """Store a job and hand it to the broker; its id once both hold it (the store's commit and the broker's
+        confirm are awaited, on their own threads and connections, never blocking the event loop).
 
         QueueFull (429) while more than max_queue_depth images wait; a job the broker refuses is removed
         from the store again, so a refused request leaves nothing behind.
         """
-        self._check_depth(len(images))
-        job_id, created = self.store.create(images, options, owner=caller.owner, idempotency=idempotency)
+        stored = self.store.create_soon(
+            images,
+            options,
+            owner=caller.owner,
+            idempotency=idempotency,
+            keep_images=self.broker.replays_unfinished,  # else the broker keeps the request until it is answered
+            max_pending=self.settings.max_queue_depth,
+            job_id=job_id,
+        )
+        try:
+            stored_id, created = await asyncio.wrap_future(stored)
+        except PendingLimit as full:
+            self.metrics.refused.inc()
+            limit = self.settings.max_queue_depth
+            raise QueueFull(
+                f"the queue holds {full.depth} images and {len(images)} more would pass the max_queue_depth "
+                f"limit of {limit}; retry in {QUEUE_FULL_RETRY_AFTER_S} s",
+                QUEUE_FULL_RETRY_AFTER_S,
+            ) from None
         if not created:
-            return job_id
+            return stored_id
         started = time.monotonic()
         try:
-            anyio.from_thread.run(self.broker.publish, Dispatch(job_id, images, options))
+            await self.broker.publish(Dispatch(stored_id, images, options))
         except BlipqError:
-            self.store.discard(job_id)
+            await asyncio.wrap_future(self.store.discard(stored_id))
             raise
         self.metrics.publish_seconds.observe(time.monotonic() - started)
         self.metrics.jobs.inc()
         self.metrics.images.inc(len(images))
-        return job_id
+        return stored_id
+
+    async def caption(self, images: Sequence[ImageInput], options: CaptionOptions, caller: Caller) -> Job:
+        """Submit a job and wait until it is finished: `Timeout` (504) carrying the job id when it takes too long.
+
+        The waiter is registered before the job exists, so its outcome cannot pass unnoticed, and nothing is
+        read from the store until then."""
+        job_id = uuid.uuid4().hex
+        finished = self.waiters.register(job_id)
+        started = time.monotonic()
+        try:
+            await self.submit(images, options, caller, job_id=job_id)
+            timeout_s = self.settings.blocking_timeout_s
+            with contextlib.suppress(TimeoutError):
+                # shield: a timeout cancels this wait, never the future other waiters may share
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(finished)), timeout_s)
+            job = await anyio.to_thread.run_sync(self.store.get, job_id)
+        finally:
+            self.waiters.release(job_id)
+        self.metrics.waits.observe(time.monotonic() - started)
+        if not job.status.finished:
+            self.metrics.timeouts.inc()
+            raise JobTimeout(job_id, timeout_s)
+        return job
 
     async def replay_unfinished(self) -> None:
         """At start-up, for a transport that kept nothing: dispatch every unfinished job again, and fail
         the ones the model started `max_attempts` times already (the process stopped each time)."""
         limit = self.settings.max_attempts
-        for request in self.store.unfinished():
-            if request.attempts >= limit:
+        for request in await anyio.to_thread.run_sync(self.store.unfinished):
+            lost = None
+            if request.images is None:
+                lost = ErrorInfo(
+                    "worker_lost", "this job was handed to RabbitMQ, which kept its images; without it, it cannot run"
+                )
+            elif request.attempts >= limit:
                 lost = ErrorInfo("worker_lost", f"the process captioning this job stopped {limit} times; giving up")
-                self.store.fail(request.job_id, lost)
+            if lost is not None:
+                await asyncio.wrap_future(self.store.fail(request.job_id, lost))
                 continue
-            self.store.requeued(request.job_id)
+            await anyio.to_thread.run_sync(self.store.requeued, request.job_id)
+            assert request.images is not None
             await self.broker.publish(Dispatch(request.job_id, request.images, request.options))
-
-    def _check_depth(self, adding: int) -> None:
-        limit = self.settings.max_queue_depth
-        if not limit:
-            return
-        depth = self.store.pending_images()
-        if depth and depth + adding > limit:
-            self.metrics.refused.inc()
-            raise QueueFull(
-                f"the queue holds {depth} images and {adding} more would pass the max_queue_depth "
-                f"limit of {limit}; retry in {QUEUE_FULL_RETRY_AFTER_S} s",
-                QUEUE_FULL_RETRY_AFTER_S,
-            )
 
     # -- outcomes in ---------------------------------------------------------------------------
 
-    def record(self, outcome: Outcome) -> None:
-        """Called by the broker for each outcome (any thread). The first outcome of a job wins."""
+    def record(self, outcome: Outcome) -> Future[None]:
+        """Called by the broker for each outcome (any thread, never waiting for the disk): the first outcome of
+        a job wins. The future is done once the outcome is stored (or failed to be: QueueUnavailable); the
+        requests waiting for the job are woken then."""
         if isinstance(outcome, JobStarted):
-            self.store.started(outcome.job_id)
-            return
+            return self.store.started(outcome.job_id)
         if outcome.error is not None:
             self.metrics.job_errors.labels(code=outcome.error.code).inc()
-            first = self.store.fail(outcome.job_id, outcome.error)
+            stored = self.store.fail(outcome.job_id, outcome.error)
         else:
-            first = self.store.finish(outcome.job_id, outcome.results)
-        self.metrics.outcomes.labels(first=str(first).lower()).inc()
-        self.waiters.finished(outcome.job_id)
+            stored = self.store.finish(outcome.job_id, outcome.results)
+        recorded: Future[None] = Future()
+
+        def wake(stored: Future[bool]) -> None:
+            if (error := stored.exception()) is not None:
+                log.warning("outcome of job %s not stored: %s", outcome.job_id, error)
+                recorded.set_exception(error)
+                return
+            self.metrics.outcomes.labels(first=str(stored.result()).lower()).inc()
+            self.waiters.finished(outcome.job_id)
+            recorded.set_result(None)
+
+        stored.add_done_callback(wake)
+        return recorded
 
     # -- jobs out ------------------------------------------------------------------------------
 
@@ -132,25 +186,6 @@ class Service:
         self, caller: Caller, *, statuses: Sequence[JobStatus] | None, limit: int, after: str | None
     ) -> list[Job]:
         return self.store.list_jobs(statuses=statuses, limit=limit, after=after, owner=caller.owner)
-
-    def wait(self, job_id: str) -> Job:
-        """Wait for a job to finish; `Timeout` (504) carrying the job id when it takes too long."""
-        started = time.monotonic()
-        timeout_s = self.settings.blocking_timeout_s
-        finished = self.waiters.register(job_id)
-        try:
-            job = self.store.get(job_id)  # after registering, so an outcome in between is not missed
-            if not job.status.finished:
-                with contextlib.suppress(FutureTimeout):
-                    finished.result(timeout_s)
-                job = self.store.get(job_id)
-        finally:
-            self.waiters.release(job_id)
-        self.metrics.waits.observe(time.monotonic() - started)
-        if not job.status.finished:
-            self.metrics.timeouts.inc()
-            raise JobTimeout(job_id, timeout_s)
-        return job
 
 
 class JobTimeout(Timeout):

@@ -1,15 +1,19 @@
-"""The result store: one SQLite file (WAL) holding jobs, per-image outcomes, idempotency keys, and the
-request of every unfinished job, so that an accepted job survives a crash of the process."""
+"""The result store: one SQLite file (WAL) holding jobs, per-image outcomes, idempotency keys and, where the
+transport keeps nothing across a restart (the embedded mode), the request of every unfinished job, so that
+an accepted job survives a crash of the process.
+
+Writes go through `SqliteFile`'s writer thread, grouped into one commit: the ones a caller must see done
+first (a job created, cancelled) block that caller until committed; outcomes (`started`, `finish`, `fail`)
+return a future instead, so the thread that delivers them (the model's, the event loop) never waits on disk."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,50 +22,13 @@ from blipq.contract.errors import IdempotencyConflict, JobNotFound, QueueUnavail
 from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
 from blipq.gateway.jobs import Idempotency, ImageOutcome, Job, JobStatus
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    options TEXT NOT NULL,
-    n_images INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    owner TEXT,
-    idem_key TEXT,
-    idem_fingerprint TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
-CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, seq);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(ifnull(owner, ''), idem_key) WHERE idem_key IS NOT NULL;
-CREATE TABLE IF NOT EXISTS job_images (
-    job_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    data BLOB,
-    url TEXT,
-    state TEXT NOT NULL,
-    caption TEXT,
-    error_code TEXT,
-    error_message TEXT,
-    PRIMARY KEY (job_id, idx)
-);
-"""
-
-#: A store written by the claim/lease queue of earlier versions: its jobs are carried over on open.
-_EARLIER_LAYOUT = """
-ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
-INSERT INTO job_images (job_id, idx, data, url, state, caption, error_code, error_message)
-    SELECT job_id, idx, data, url, CASE state WHEN 'running' THEN 'queued' ELSE state END,
-           caption, error_code, error_message FROM images;
-UPDATE jobs SET status = 'queued' WHERE status = 'running';
-DROP TABLE images;
-DROP TABLE IF EXISTS workers;
-"""
+from blipq.gateway.sqlite_file import SqliteFile
+from blipq.gateway.store_schema import prepare_schema
 
 _UNFINISHED = ("queued", "running")
+#: The states written out, not bound: only then does SQLite count from the small partial index
+#: job_images_pending instead of reading every row.
+_PENDING_COUNT = "SELECT COUNT(*) FROM job_images WHERE state IN ('queued', 'running')"
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +38,7 @@ class StoredRequest:
     """An unfinished job as it was accepted, to be dispatched (again): its images without an outcome."""
 
     job_id: str
-    images: tuple[ImageInput, ...]
+    images: tuple[ImageInput, ...] | None  # None: accepted with its bytes left to a broker (keep_images=False)
     options: CaptionOptions
     attempts: int  # times the model started on it
 
@@ -85,6 +52,14 @@ def open_store(url: str) -> JobStore:
     return JobStore(Path(path))
 
 
+class PendingLimit(Exception):
+    """A job refused because too many images wait already (`create_soon`'s max_pending)."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__(f"{depth} images wait")
+        self.depth = depth
+
+
 def job_not_found(job_id: str) -> JobNotFound:
     return JobNotFound(f"no job with id {job_id!r} (it may have been purged after the retention period)")
 
@@ -94,19 +69,7 @@ class JobStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: an accepted job survives power loss, not only a process crash.
-            self._db.execute("PRAGMA synchronous=FULL")
-            earlier = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'images'").fetchone()
-            self._db.executescript(SCHEMA)
-            if earlier:
-                self._db.executescript(f"BEGIN; {_EARLIER_LAYOUT} COMMIT;")
-        except (sqlite3.Error, OSError) as exc:
-            raise QueueUnavailable(f"cannot open the store at {path}: {exc}") from None
-        self._lock = threading.Lock()
+        self._file = SqliteFile(path, prepare_schema)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -117,13 +80,36 @@ class JobStore:
         *,
         owner: str | None = None,
         idempotency: Idempotency | None = None,
+        keep_images: bool = True,
+        max_pending: int = 0,
     ) -> tuple[str, bool]:
-        """Store a job; returns its id and whether it is new.
+        """`create_soon`, waiting until it is committed."""
+        future = self.create_soon(
+            images, options, owner=owner, idempotency=idempotency, keep_images=keep_images, max_pending=max_pending
+        )
+        return future.result()
+
+    def create_soon(
+        self,
+        images: Sequence[ImageInput],
+        options: CaptionOptions,
+        *,
+        owner: str | None = None,
+        idempotency: Idempotency | None = None,
+        keep_images: bool = True,
+        max_pending: int = 0,
+        job_id: str | None = None,
+    ) -> Future[tuple[str, bool]]:
+        """Store a job; the future holds its id and whether it is new, once committed.
 
         With `idempotency`, a key this owner already used returns that job's id (not new) when the
-        fingerprint matches and raises IdempotencyConflict when it does not.
+        fingerprint matches and raises IdempotencyConflict when it does not. `keep_images=False`: the
+        image bytes are not stored (a transport that keeps the request until it is answered has them).
+        `max_pending`: PendingLimit instead, when more images than that would wait (0: no limit).
+        `job_id`: the new job's id (default: a random one).
         """
-        with self._transaction() as db:
+
+        def create(db: sqlite3.Connection) -> tuple[str, bool]:
             if idempotency is not None:
                 row = db.execute(
                     "SELECT id, idem_fingerprint FROM jobs WHERE ifnull(owner, '') = ? AND idem_key = ?",
@@ -136,12 +122,16 @@ class JobStore:
                             "with a different request body"
                         )
                     return str(row[0]), False
-            job_id = uuid.uuid4().hex
+            if max_pending:
+                (depth,) = db.execute(_PENDING_COUNT).fetchone()
+                if depth and depth + len(images) > max_pending:
+                    raise PendingLimit(depth)
+            new_id = job_id or uuid.uuid4().hex
             db.execute(
                 "INSERT INTO jobs (id, status, options, n_images, created_at, owner, idem_key, idem_fingerprint) "
                 "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
                 (
-                    job_id,
+                    new_id,
                     options.canonical_json(),
                     len(images),
                     time.time(),
@@ -151,20 +141,32 @@ class JobStore:
                 ),
             )
             db.executemany(
-                "INSERT INTO job_images (job_id, idx, data, url, state) VALUES (?, ?, ?, ?, 'queued')",
-                [(job_id, index, image.data, image.url) for index, image in enumerate(images)],
+                "INSERT INTO job_images (job_id, idx, url, state) VALUES (?, ?, ?, 'queued')",
+                [(new_id, index, image.url) for index, image in enumerate(images)],
             )
-        return job_id, True
+            if keep_images:
+                db.executemany(
+                    "INSERT INTO job_blobs (job_id, idx, data) VALUES (?, ?, ?)",
+                    [(new_id, index, image.data) for index, image in enumerate(images) if image.data is not None],
+                )
+            return new_id, True
 
-    def discard(self, job_id: str) -> None:
+        return self._file.write(create)
+
+    def discard(self, job_id: str) -> Future[None]:
         """Forget a job the broker refused: it was never accepted."""
-        with self._transaction() as db:
+
+        def discard(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM job_blobs WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM job_images WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    def started(self, job_id: str) -> None:
+        return self._file.write(discard)
+
+    def started(self, job_id: str) -> Future[None]:
         """The model started on the job: one more attempt (a job that stops the process each time runs out)."""
-        with self._transaction() as db:
+
+        def started(db: sqlite3.Connection) -> None:
             db.execute(
                 "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), attempts = attempts + 1 "
                 "WHERE id = ? AND status IN ('queued', 'running')",
@@ -172,17 +174,22 @@ class JobStore:
             )
             db.execute("UPDATE job_images SET state = 'running' WHERE job_id = ? AND state = 'queued'", (job_id,))
 
+        return self._file.write(started)
+
     def requeued(self, job_id: str) -> None:
         """Dispatched again after a restart: waiting, not running, until the model starts on it again."""
-        with self._transaction() as db:
+
+        def requeued(db: sqlite3.Connection) -> None:
             db.execute("UPDATE jobs SET status = 'queued' WHERE id = ? AND status = 'running'", (job_id,))
             db.execute("UPDATE job_images SET state = 'queued' WHERE job_id = ? AND state = 'running'", (job_id,))
 
-    def finish(self, job_id: str, results: Sequence[ImageResult]) -> bool:
+        self._file.write(requeued).result()
+
+    def finish(self, job_id: str, results: Sequence[ImageResult]) -> Future[bool]:
         """Record the results of the images that were dispatched: every image of the job, or (for a job
         that already had some outcomes, carried over from an earlier store) the ones still pending, in
-        order. The first outcome wins: returns False (and changes nothing) when the job had already
-        finished or was cancelled, or is unknown (purged)."""
+        order. The first outcome wins: the future holds False (and nothing changed) when the job had
+        already finished or was cancelled, or is unknown (purged)."""
         rows = [
             (
                 "done" if result.caption is not None else "failed",
@@ -192,34 +199,42 @@ class JobStore:
             )
             for result in results
         ]
-        return self._finish(job_id, rows)
+        return self._file.write(lambda db: self._finish(db, job_id, rows))
 
-    def fail(self, job_id: str, error: ErrorInfo) -> bool:
+    def fail(self, job_id: str, error: ErrorInfo) -> Future[bool]:
         """Fail every pending image of a job that could not be run at all; False when it already had an outcome."""
-        return self._finish(job_id, None, ("failed", None, error.code, error.message))
+        every_pending = ("failed", None, error.code, error.message)
+        return self._file.write(lambda db: self._finish(db, job_id, None, every_pending))
 
     def cancel(self, job_id: str) -> Job:
-        with self._transaction() as db:
+        def cancel(db: sqlite3.Connection) -> None:
             if not self._status(db, job_id).finished:
                 db.execute(
-                    "UPDATE job_images SET state = 'cancelled', data = NULL WHERE job_id = ? AND state IN (?, ?)",
+                    "UPDATE job_images SET state = 'cancelled' WHERE job_id = ? AND state IN (?, ?)",
                     (job_id, *_UNFINISHED),
                 )
+                db.execute("DELETE FROM job_blobs WHERE job_id = ?", (job_id,))
                 db.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ?", (time.time(), job_id))
+
+        self._file.write(cancel).result()
         return self.get(job_id)
 
     def purge(self, older_than_s: float) -> int:
         cutoff = time.time() - older_than_s
-        with self._transaction() as db:
+
+        def purge(db: sqlite3.Connection) -> int:
             ids = [(row[0],) for row in db.execute("SELECT id FROM jobs WHERE finished_at < ?", (cutoff,))]
+            db.executemany("DELETE FROM job_blobs WHERE job_id = ?", ids)
             db.executemany("DELETE FROM job_images WHERE job_id = ?", ids)
             db.executemany("DELETE FROM jobs WHERE id = ?", ids)
-        return len(ids)
+            return len(ids)
+
+        return self._file.write(purge).result()
 
     # -- reading -------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
-        with self._reading() as db:
+        with self._file.reading() as db:
             jobs = self._load_jobs(db, "WHERE id = ?", (job_id,))
         if not jobs:
             raise job_not_found(job_id)
@@ -236,7 +251,7 @@ class JobStore:
         """Jobs oldest first, optionally only those in `statuses` or created by `owner`, after the job `after`."""
         clauses: list[str] = []
         params: list[object] = []
-        with self._reading() as db:
+        with self._file.reading() as db:
             if after is not None:
                 row = db.execute("SELECT seq FROM jobs WHERE id = ?", (after,)).fetchone()
                 if row is None:
@@ -254,98 +269,76 @@ class JobStore:
 
     def unfinished(self) -> list[StoredRequest]:
         """Every job accepted and not finished, oldest first, with its request."""
-        with self._reading() as db:
+        with self._file.reading() as db:
             jobs = db.execute(
                 "SELECT id, options, attempts FROM jobs WHERE status IN (?, ?) ORDER BY seq", _UNFINISHED
             ).fetchall()
             requests = []
             for job_id, options, attempts in jobs:
-                images = db.execute(
-                    "SELECT data, url FROM job_images WHERE job_id = ? AND state IN (?, ?) ORDER BY idx",
+                rows = db.execute(
+                    "SELECT data, url FROM job_images LEFT JOIN job_blobs USING (job_id, idx) "
+                    "WHERE job_id = ? AND state IN (?, ?) ORDER BY idx",
                     (job_id, *_UNFINISHED),
-                )
-                requests.append(
-                    StoredRequest(
-                        job_id=job_id,
-                        images=tuple(
-                            ImageInput(data=data) if url is None else ImageInput(url=url) for data, url in images
-                        ),
-                        options=CaptionOptions.model_validate_json(options),
-                        attempts=attempts,
-                    )
-                )
+                ).fetchall()
+                images = None
+                if all(data is not None or url is not None for data, url in rows):
+                    images = tuple(ImageInput(data=data) if url is None else ImageInput(url=url) for data, url in rows)
+                options_model = CaptionOptions.model_validate_json(options)
+                requests.append(StoredRequest(job_id, images, options_model, attempts))
         return requests
 
     def pending_images(self) -> int:
         """Images of unfinished jobs: queued or being captioned."""
-        with self._reading() as db:
-            (count,) = db.execute("SELECT COUNT(*) FROM job_images WHERE state IN (?, ?)", _UNFINISHED).fetchone()
+        with self._file.reading() as db:
+            (count,) = db.execute(_PENDING_COUNT).fetchone()
         return int(count)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Commit what is queued, then close the file."""
+        self._file.close()
 
     # -- internals -----------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise QueueUnavailable(f"store error at {self.path}: {exc}") from None
-
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._db
-            except sqlite3.Error as exc:
-                raise QueueUnavailable(f"store error at {self.path}: {exc}") from None
-
     def _finish(
-        self, job_id: str, rows: Sequence[tuple[object, ...]] | None, every_pending: tuple[object, ...] = ()
+        self,
+        db: sqlite3.Connection,
+        job_id: str,
+        rows: Sequence[tuple[object, ...]] | None,
+        every_pending: tuple[object, ...] = (),
     ) -> bool:
         """Outcomes `rows` (state, caption, code, message) for the pending images in order, or `every_pending`
         for each of them."""
-        with self._transaction() as db:
-            row = db.execute("SELECT status, n_images FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None or JobStatus(row[0]).finished:
-                return False
-            pending = [
-                index
-                for (index,) in db.execute(
-                    "SELECT idx FROM job_images WHERE job_id = ? AND state IN (?, ?) ORDER BY idx",
-                    (job_id, *_UNFINISHED),
-                )
-            ]
-            if rows is None:
-                rows = [every_pending] * len(pending)
-            elif len(rows) == row[1] != len(pending):  # a reply for the whole job: keep only the pending images
-                rows = [rows[index] for index in pending]
-            if len(rows) != len(pending):
-                log.warning("job %s: %d results for %d pending images; ignored", job_id, len(rows), len(pending))
-                return False
-            db.executemany(
-                "UPDATE job_images SET state = ?, caption = ?, error_code = ?, error_message = ?, data = NULL "
-                "WHERE job_id = ? AND idx = ?",
-                [(*outcome, job_id, index) for outcome, index in zip(rows, pending, strict=True)],
+        row = db.execute("SELECT status, n_images FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None or JobStatus(row[0]).finished:
+            return False
+        pending = [
+            index
+            for (index,) in db.execute(
+                "SELECT idx FROM job_images WHERE job_id = ? AND state IN (?, ?) ORDER BY idx",
+                (job_id, *_UNFINISHED),
             )
-            (done,) = db.execute(
-                "SELECT COUNT(*) FROM job_images WHERE job_id = ? AND state = 'done'", (job_id,)
-            ).fetchone()
-            now = time.time()
-            db.execute(
-                "UPDATE jobs SET status = ?, started_at = COALESCE(started_at, ?), finished_at = ? WHERE id = ?",
-                ((JobStatus.SUCCEEDED if done else JobStatus.FAILED).value, now, now, job_id),
-            )
+        ]
+        if rows is None:
+            rows = [every_pending] * len(pending)
+        elif len(rows) == row[1] != len(pending):  # a reply for the whole job: keep only the pending images
+            rows = [rows[index] for index in pending]
+        if len(rows) != len(pending):
+            log.warning("job %s: %d results for %d pending images; ignored", job_id, len(rows), len(pending))
+            return False
+        db.executemany(
+            "UPDATE job_images SET state = ?, caption = ?, error_code = ?, error_message = ? "
+            "WHERE job_id = ? AND idx = ?",
+            [(*outcome, job_id, index) for outcome, index in zip(rows, pending, strict=True)],
+        )
+        db.execute("DELETE FROM job_blobs WHERE job_id = ?", (job_id,))  # every image has its outcome now
+        (done,) = db.execute(
+            "SELECT COUNT(*) FROM job_images WHERE job_id = ? AND state = 'done'", (job_id,)
+        ).fetchone()
+        now = time.time()
+        db.execute(
+            "UPDATE jobs SET status = ?, started_at = COALESCE(started_at, ?), finished_at = ? WHERE id = ?",
+            ((JobStatus.SUCCEEDED if done else JobStatus.FAILED).value, now, now, job_id),
+        )
         return True
 
     def _status(self, db: sqlite3.Connection, job_id: str) -> JobStatus:

@@ -155,7 +155,7 @@ class AmqpWorker:
             channel.basic_reject(tag, requeue=False)
             return
         try:
-            request = parse_request(body, self.request_policy, self.max_images)
+            request = parse_request(body, properties.content_type, self.request_policy, self.max_images)
         except BlipqError as exc:
             log.warning("request %s rejected: %s", properties.correlation_id, exc.message)
             channel.basic_reject(tag, requeue=False)  # answered from the dead-letter queue

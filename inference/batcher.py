@@ -1,13 +1,16 @@
 """The batcher: jobs in from any transport, one outcome per job out, images batched across jobs.
 
+An image is fetched and decoded as soon as it arrives, on a pool of threads, up to a window of `prefetch`
+images ahead of the model (decoding or decoded, not yet captioned). Whenever the model is free it takes
+the oldest decoded images that share one set of options, up to max_batch: batches are as full as the load
+allows, and the model never waits for one image to decode while others are ready. With fewer than
+max_batch ready, it waits up to batch_wait_ms for more (decoding, or still to arrive).
+
 Three kinds of threads cooperate:
-- the feeder fills each batch with images of many jobs that share options (waiting up to
-  `batch_wait_ms` for more), oldest job first; a job with more images than a batch spans batches.
-  It starts fetching and decoding a batch's images on a thread pool and hands the batch over
-  through a one-slot queue, so the next batch is decoded while the model runs;
-- the model loop captions handed-over batches and, when a job's last image is done, calls
-  `on_done` with its results in order;
-- the decode pool.
+- the feeder hands waiting images to the decode pool while the window has room, oldest job first, and
+  calls `on_start` for a job as its first image goes (so a job is started before the model sees it);
+- the decode pool, which also records images that fail to decode (they never reach the model);
+- the model loop, which captions batches. Whichever thread records a job's last result calls `on_done`.
 One bad image fails only itself: `CaptionEngine.generate_each` splits a batch the model fails on
 until the failing image is isolated (this is also how a CUDA out-of-memory error is absorbed).
 `stop` finishes every job already started and hands back the ones never started.
@@ -16,25 +19,24 @@ until the failing image is isolated (this is also how a CUDA out-of-memory error
 from __future__ import annotations
 
 import logging
-import queue as stdlib_queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from blipq.contract.errors import BlipqError, ModelUnavailable
+from blipq.contract.errors import BlipqError, InvalidImage, ModelUnavailable
 from blipq.contract.images import ImagePolicy
 from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
-from blipq.inference.captioning import caption_prepared
+from blipq.inference.captioning import caption_ready
 from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
 from blipq.inference.fetch import FetchPolicy, fetch_url
 from blipq.inference.metrics import InferenceMetrics
-from blipq.inference.settings import InferenceSettings
+from blipq.inference.settings import InferenceSettings, decode_threads
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -58,6 +60,12 @@ class BatcherConfig:
     decode_threads: int = 4
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     policy: ImagePolicy = field(default_factory=ImagePolicy)
+    fast_decode: bool = False  # large JPEGs decoded at a reduced scale (decode_image's reduce_to)
+
+    @property
+    def prefetch(self) -> int:
+        """Images decoding or decoded ahead of the model: a batch on the model, the next ones ready."""
+        return max(2 * self.max_batch, self.decode_threads)
 
     @classmethod
     def of(cls, settings: InferenceSettings) -> BatcherConfig:
@@ -65,7 +73,7 @@ class BatcherConfig:
         return cls(
             max_batch=settings.max_batch,
             batch_wait_ms=settings.batch_wait_ms,
-            decode_threads=settings.decode_threads,
+            decode_threads=decode_threads(settings),
             fetch=FetchPolicy(
                 timeout_s=settings.fetch_timeout_s,
                 max_bytes=settings.max_fetch_bytes,
@@ -73,6 +81,7 @@ class BatcherConfig:
             ),
             # URL downloads are already capped by max_fetch_bytes, and the gateway checked uploaded bytes.
             policy=ImagePolicy.of(settings, limit_bytes=False),
+            fast_decode=settings.fast_decode,
         )
 
 
@@ -81,7 +90,7 @@ class _Progress:
     item: WorkItem
     arrived: float
     results: list[ImageResult | None]
-    scheduled: int = 0  # images handed to a batch so far
+    scheduled: int = 0  # images handed to the decode pool so far
     remaining: int = 0  # images without a result yet
 
     def __post_init__(self) -> None:
@@ -92,13 +101,13 @@ class _Progress:
 class _Slot:
     job: _Progress
     index: int
+    order: int  # the order images were handed to decoding: oldest first into batches
 
 
 @dataclass(frozen=True)
-class _Batch:
-    slots: list[_Slot]
-    prepared: list[Future[Tensor]]
-    options: CaptionOptions
+class _Ready:
+    slot: _Slot
+    prepared: Tensor
 
 
 class Batcher:
@@ -117,10 +126,13 @@ class Batcher:
         self._on_start = on_start
         self._on_done = on_done
         self._changed = threading.Condition()
-        self._waiting: deque[_Progress] = deque()  # jobs with images not yet in a batch, oldest first
+        self._waiting: deque[_Progress] = deque()  # jobs with images not yet handed to decoding, oldest first
+        self._decoding = 0
+        self._ready: list[_Ready] = []
+        self._scheduled = 0  # images handed to decoding so far: their order
         self._stopping = False
+        self._fed_all = False  # the feeder is done (stopping, nothing started is left to hand over)
         self._handed_back: list[WorkItem] = []
-        self._handoff: stdlib_queue.Queue[_Batch | None] = stdlib_queue.Queue(maxsize=1)
         self._pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="blipq-decode")
         self._feeder = threading.Thread(target=self._feed, name="blipq-feeder", daemon=True)
         self._model_loop = threading.Thread(target=self._run_model, name="blipq-model", daemon=True)
@@ -150,65 +162,62 @@ class Batcher:
         self._pool.shutdown(wait=True)
         return self._handed_back
 
-    # -- feeder --------------------------------------------------------------------------------
+    # -- feeder and decode pool ----------------------------------------------------------------
 
     def _feed(self) -> None:
         try:
-            while (slots := self._next_batch()) is not None:
-                self._start_jobs(slots)
-                prepared = [self._pool.submit(self._prepare, slot) for slot in slots]
-                self._handoff.put(_Batch(slots, prepared, slots[0].job.item.options))
+            while (slot := self._next_image()) is not None:
+                if slot.index == 0:
+                    self.metrics.queued_seconds.observe(time.monotonic() - slot.job.arrived)
+                    self._call(self._on_start, slot.job.item)
+                self._pool.submit(self._decode, slot)
         except Exception:
             log.exception("the batcher's feeder crashed; the jobs in hand are finished first")
         finally:
-            self._handoff.put(None)
+            with self._changed:
+                self._fed_all = True
+                self._changed.notify_all()
 
-    def _next_batch(self) -> list[_Slot] | None:
-        """Up to max_batch images sharing the oldest waiting job's options; None when stopped."""
-        config = self.config
+    def _next_image(self) -> _Slot | None:
+        """The next image to decode once the window has room; None when stopping and nothing started is left."""
         with self._changed:
-            while not self._waiting or (self._stopping and not self._drop_unstarted()):
+            while True:
                 if self._stopping:
-                    return None
+                    self._hand_back_unstarted()
+                    if not self._waiting:
+                        return None
+                if self._waiting and self._decoding + len(self._ready) < self.config.prefetch:
+                    job = self._waiting[0]
+                    slot = _Slot(job, job.scheduled, self._scheduled)
+                    job.scheduled += 1
+                    if job.scheduled == len(job.item.images):
+                        self._waiting.popleft()
+                    self._decoding += 1
+                    self._scheduled += 1
+                    return slot
                 self._changed.wait()
-            options = self._waiting[0].item.options
-            slots = self._take(options, config.max_batch)
-            deadline = time.monotonic() + config.batch_wait_ms / 1000
-            while len(slots) < config.max_batch and not self._stopping:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._changed.wait(left):
-                    break
-                slots += self._take(options, config.max_batch - len(slots))
-            return slots
 
-    def _drop_unstarted(self) -> bool:
-        """While stopping: hand back jobs not started; True while a started job still has images to batch."""
-        for job in list(self._waiting):
-            if job.scheduled == 0:
-                self._waiting.remove(job)
-                self._handed_back.append(job.item)
-        return bool(self._waiting)
+    def _hand_back_unstarted(self) -> None:
+        for job in [job for job in self._waiting if job.scheduled == 0]:
+            self._waiting.remove(job)
+            self._handed_back.append(job.item)
 
-    def _take(self, options: CaptionOptions, room: int) -> list[_Slot]:
-        slots: list[_Slot] = []
-        for job in list(self._waiting):
-            if len(slots) == room:
-                break
-            if job.item.options != options:
-                continue
-            count = min(room - len(slots), len(job.item.images) - job.scheduled)
-            slots += [_Slot(job, index) for index in range(job.scheduled, job.scheduled + count)]
-            job.scheduled += count
-            if job.scheduled == len(job.item.images):
-                self._waiting.remove(job)
-        return slots
-
-    def _start_jobs(self, slots: list[_Slot]) -> None:
-        now = time.monotonic()
-        for slot in slots:
-            if slot.index == 0:
-                self.metrics.queued_seconds.observe(now - slot.job.arrived)
-                self._call(self._on_start, slot.job.item)
+    def _decode(self, slot: _Slot) -> None:
+        outcome: Tensor | BlipqError
+        try:
+            outcome = self._prepare(slot)
+        except BlipqError as exc:
+            outcome = exc
+        except Exception as exc:  # a decoder bug costs this image only
+            log.exception("unexpected error preparing image %d of %s", slot.index, slot.job.item.key)
+            outcome = InvalidImage(f"could not decode: {type(exc).__name__}: {exc}")
+        with self._changed:
+            self._decoding -= 1
+            if not isinstance(outcome, BlipqError):
+                self._ready.append(_Ready(slot, outcome))
+            self._changed.notify_all()
+        if isinstance(outcome, BlipqError):
+            self._record(slot, outcome)
 
     def _prepare(self, slot: _Slot) -> Tensor:
         image = slot.job.item.images[slot.index]
@@ -217,31 +226,62 @@ class Batcher:
         else:
             assert image.url is not None
             data = fetch_url(image.url, self.config.fetch)
-        return self.engine.prepare(decode_image(data, self.config.policy))
+        reduce_to = self.engine.input_size if self.config.fast_decode else None
+        return self.engine.prepare(decode_image(data, self.config.policy, reduce_to=reduce_to))
 
     # -- model loop ----------------------------------------------------------------------------
 
     def _run_model(self) -> None:
-        while (batch := self._handoff.get()) is not None:
-            names = [f"image {slot.index} of {slot.job.item.key}" for slot in batch.slots]
+        while (batch := self._next_batch()) is not None:
+            options = batch[0].slot.job.item.options
+            names = [f"image {ready.slot.index} of {ready.slot.job.item.key}" for ready in batch]
             started = time.perf_counter()
-            outcomes = caption_prepared(self.engine, batch.prepared, batch.options, names)
+            outcomes = caption_ready(self.engine, [ready.prepared for ready in batch], options, names)
             self.metrics.model_seconds.observe(time.perf_counter() - started)
-            self.metrics.batch_size.observe(len(batch.slots))
-            for slot, outcome in zip(batch.slots, outcomes, strict=True):
-                self._record(slot, outcome)
+            self.metrics.batch_size.observe(len(batch))
+            for ready, outcome in zip(batch, outcomes, strict=True):
+                self._record(ready.slot, outcome)
+
+    def _next_batch(self) -> list[_Ready] | None:
+        """Up to max_batch decoded images sharing the oldest one's options; None once stopped and drained."""
+        config = self.config
+        with self._changed:
+            while not self._ready:
+                if self._fed_all and not self._decoding:
+                    return None
+                self._changed.wait()
+            options = min(self._ready, key=lambda ready: ready.slot.order).slot.job.item.options
+            deadline = time.monotonic() + config.batch_wait_ms / 1000
+            while self._count_ready(options) < config.max_batch and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._changed.wait(left):
+                    break
+            matching = sorted(
+                (ready for ready in self._ready if ready.slot.job.item.options == options),
+                key=lambda ready: ready.slot.order,
+            )[: config.max_batch]
+            taken = {id(ready) for ready in matching}
+            self._ready = [ready for ready in self._ready if id(ready) not in taken]
+            self._changed.notify_all()  # room in the window: the feeder hands over more
+            return matching
+
+    def _count_ready(self, options: CaptionOptions) -> int:
+        return sum(1 for ready in self._ready if ready.slot.job.item.options == options)
 
     def _record(self, slot: _Slot, outcome: str | BlipqError) -> None:
-        job = slot.job
+        """From the model loop or a decode thread; `on_done` is called outside the lock."""
         if isinstance(outcome, BlipqError):
             self.metrics.failed.labels(code=outcome.code).inc()
             result = ImageResult(error=ErrorInfo(outcome.code, f"image {slot.index}: {outcome.message}"))
         else:
             self.metrics.captioned.inc()
             result = ImageResult(caption=outcome)
-        job.results[slot.index] = result
-        job.remaining -= 1
-        if job.remaining == 0:
+        job = slot.job
+        with self._changed:
+            job.results[slot.index] = result
+            job.remaining -= 1
+            finished = job.remaining == 0
+        if finished:
             self._call(self._on_done, job.item, [r for r in job.results if r is not None])
 
     def _call(self, callback: Callable[..., None], *args: object) -> None:

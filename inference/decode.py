@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
@@ -10,9 +11,18 @@ from PIL import Image, ImageCms, ImageOps
 from blipq.contract.errors import InputTooLarge, InvalidImage
 from blipq.contract.images import ImagePolicy, open_image
 
+#: Rows of a wide greyscale image scaled to 8 bits at a time: a float64 block stays a few megabytes
+#: whatever the image's size.
+_SCALE_PIXELS_PER_BLOCK = 1 << 20
 
-def decode_image(data: bytes, policy: ImagePolicy | None = None) -> Image.Image:
-    """Decode one image to RGB with EXIF orientation applied.
+
+def decode_image(
+    data: bytes, policy: ImagePolicy | None = None, *, reduce_to: tuple[int, int] | None = None
+) -> Image.Image:
+    """Decode one image to RGB (no transparency left) with EXIF orientation applied.
+
+    `reduce_to` (width, height): a JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8 of its
+    size in the DCT domain, never below `reduce_to` (much cheaper; not the exact pixels of a full decode).
 
     Raises `InvalidImage` for empty, non-image, disallowed, truncated or corrupt data and
     `InputTooLarge` when the data or the declared size exceeds the policy (checked from the
@@ -21,9 +31,11 @@ def decode_image(data: bytes, policy: ImagePolicy | None = None) -> Image.Image:
     image, fmt = open_image(data, policy or ImagePolicy())
     try:
         image.seek(0)  # first frame of animations and multi-page TIFFs
+        if reduce_to is not None and fmt == "JPEG":
+            image.draft(image.mode, reduce_to)
         image.load()
-        oriented = ImageOps.exif_transpose(image)
-        return to_rgb(oriented)
+        ImageOps.exif_transpose(image, in_place=True)
+        return to_rgb(image)
     except Image.DecompressionBombError as exc:
         raise InputTooLarge(f"{fmt} image is too large to decode: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -38,13 +50,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
     CMYK uses the embedded ICC profile when there is one.
     """
     mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return _scale_wide_grey(image)
+    if "transparency" in image.info:
+        # A palette entry, or (a PNG's tRNS chunk) one colour or grey level, that stands for transparent.
+        image = image.convert("RGBA")
+        mode = image.mode
     if mode == "RGB":
         return image
     if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        image = image.convert("RGB")
         mode = image.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        return _scale_wide_grey(image)
     if mode == "CMYK":
         return _cmyk_to_rgb(image)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -55,16 +71,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _scale_wide_grey(image: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer or float greyscale -> 8-bit by the full range of its type."""
-    pixels = np.asarray(image, dtype=np.float64)
+    """16-bit, 32-bit integer or float greyscale -> 8-bit by the full range of its type.
+
+    A block of rows at a time, so a 64-megapixel image costs its 8-bit copy, not gigabytes of float64."""
+    low, high = cast(tuple[float, float], image.getextrema())  # (min, max): the image has one band
     if image.mode == "F":
-        low, high = float(pixels.min()), float(pixels.max())
         scale = 255.0 / (high - low) if high > low else 0.0
-        grey = (pixels - low) * scale
     else:
-        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() <= 65535 else float(pixels.max())
-        grey = pixels * (255.0 / top)
-    return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), mode="L").convert("RGB")
+        top = 65535.0 if image.mode.startswith("I;16") or high <= 65535 else high
+        low, scale = 0.0, 255.0 / top
+    width, height = image.size
+    grey = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, _SCALE_PIXELS_PER_BLOCK // width)
+    for top_row in range(0, height, rows):
+        block = np.asarray(image.crop((0, top_row, width, min(height, top_row + rows))), dtype=np.float64)
+        grey[top_row : top_row + rows] = np.clip((block - low) * scale, 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
 
 
 def _cmyk_to_rgb(image: Image.Image) -> Image.Image:

@@ -41,5 +41,14 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
         raise ModelUnavailable(f"unknown dtype {spec!r}; choose one of auto, {', '.join(_DTYPES)}") from None
 
 
+def use_torch_threads(requested: int, device: torch.device) -> int:
+    """Set torch's CPU thread count: `requested`, or for 0, one beside a GPU and torch's own default (one per
+    core) on the CPU. Beside a GPU, torch's CPU work is a few copies per batch, and idle OpenMP threads spinning
+    for more would take the cores that decode images. Returns the count."""
+    threads = requested or (torch.get_num_threads() if device.type == "cpu" else 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -13,8 +13,9 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from blipq.contract.errors import BlipqError, InvalidOptions, ModelFailed, ModelUnavailable
 from blipq.contract.options import CaptionOptions
-from blipq.inference.device import resolve_device, resolve_dtype
-from blipq.inference.settings import VisionEngine
+from blipq.inference.device import resolve_device, resolve_dtype, use_torch_threads
+from blipq.inference.preprocess import preprocessing_for
+from blipq.inference.settings import InferenceSettings, VisionEngine
 from blipq.inference.speedups import cache_keyword, prefilled_cache, use_sdpa_in_vision_encoder
 from blipq.inference.vision import choose_vision_encoder
 
@@ -25,9 +26,9 @@ class CaptionEngine:
     """Runs BLIP caption generation exactly as `BlipForConditionalGeneration.generate` does.
 
     Pre-processing (`prepare`) is separate from generation so callers can run it on a thread
-    pool while the previous batch is on the model. Every image of one `generate` call shares
-    the same options; the prompt is identical, so no padding is involved and batching does
-    not change the result.
+    pool while the previous batch is on the model; its output equals the PIL-backend processor's
+    bit for bit (`blipq.inference.preprocess`). Every image of one `generate` call shares the same
+    options; the prompt is identical, so no padding is involved and batching does not change the result.
     """
 
     def __init__(
@@ -40,6 +41,7 @@ class CaptionEngine:
         self.model = model.to(device=device, dtype=dtype).eval()
         use_sdpa_in_vision_encoder(self.model)
         self.processor = processor
+        self.preprocessing = preprocessing_for(processor.image_processor, device)
         self.tokenizer = processor.tokenizer
         self.device = device
         self.dtype = dtype
@@ -55,15 +57,24 @@ class CaptionEngine:
 
     @classmethod
     def load(
-        cls, checkpoint: Path, *, device: str = "auto", dtype: str = "auto", vision_engine: VisionEngine = "torch"
+        cls,
+        checkpoint: Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        vision_engine: VisionEngine = "torch",
+        torch_threads: int = 0,
     ) -> CaptionEngine:
         """Load a local checkpoint directory (see `resolve_checkpoint`) onto a device, with the vision encoder
-        `vision_engine` picks (`auto`: a matching TensorRT engine if there is one, else torch)."""
+        `vision_engine` picks (`auto`: a matching TensorRT engine if there is one, else torch) and torch's CPU
+        threads set (`use_torch_threads`)."""
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
+        use_torch_threads(torch_threads, torch_device)
         try:
             model = BlipForConditionalGeneration.from_pretrained(checkpoint, dtype=torch_dtype)
-            processor = BlipProcessor.from_pretrained(checkpoint)
+            # The PIL backend, whatever is installed: captions must not depend on whether torchvision is there.
+            processor = BlipProcessor.from_pretrained(checkpoint, backend="pil")
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(f"cannot load a BLIP checkpoint from {checkpoint}: {exc}") from None
         engine = cls(model, processor, torch_device, torch_dtype)
@@ -71,6 +82,17 @@ class CaptionEngine:
         if encoder is not None:
             engine.use_vision_encoder(encoder, "tensorrt")
         return engine
+
+    @classmethod
+    def configured(cls, checkpoint: Path, settings: InferenceSettings) -> CaptionEngine:
+        """`load` with the device, dtype, vision encoder and torch threads of `settings`."""
+        return cls.load(
+            checkpoint,
+            device=settings.device,
+            dtype=settings.dtype,
+            vision_engine=settings.vision_engine,
+            torch_threads=settings.torch_threads,
+        )
 
     def use_vision_encoder(self, encoder: torch.nn.Module, name: str) -> None:
         """Run `encoder` (pixel_values -> last_hidden_state) instead of the model's vision encoder; the
@@ -92,9 +114,17 @@ class CaptionEngine:
             )
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
-        """One RGB image -> normalised pixel tensor (3, H, W) on the CPU. Thread-safe."""
-        pixels: torch.Tensor = self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"]
-        return pixels[0]
+        """One decoded image (see `decode_image`) -> what `generate` takes for it. Thread-safe."""
+        return self.preprocessing.prepare(image)
+
+    def pixel_values(self, prepared: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Prepared images -> the vision encoder's input batch, on the model's device and in its dtype."""
+        return self.preprocessing.pixel_values(prepared, self.device, self.dtype)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(width, height) of the model's input."""
+        return self.preprocessing.size
 
     def caption(self, images: Sequence[Image.Image], options: CaptionOptions) -> list[str]:
         """Caption decoded images in one batch."""
@@ -112,10 +142,7 @@ class CaptionEngine:
         """
         self.check_options(options)
         self.generate_calls += 1
-        pixel_values = torch.stack(list(prepared))
-        if self.device.type == "cuda":
-            pixel_values = pixel_values.pin_memory()  # so the copy below overlaps instead of blocking
-        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        pixel_values = self.pixel_values(prepared)
         batch = pixel_values.shape[0]
         prompt_ids = self._prompt_ids(options.prompt)
         text_config = self.model.config.text_config

@@ -37,12 +37,14 @@ def caption_sources(
     policy: ImagePolicy,
     batch_size: int,
     decode_threads: int = 2,
+    fast_decode: bool = False,
 ) -> Iterator[CaptionRow]:
-    """Yield one row per source, in input order."""
+    """Yield one row per source, in input order. `fast_decode`: large JPEGs decoded at a reduced scale."""
     engine.check_options(options)
+    reduce_to = engine.input_size if fast_decode else None
 
     def prepare(source: str) -> Tensor:
-        return engine.prepare(decode_image(read(source), policy))
+        return engine.prepare(decode_image(read(source), policy, reduce_to=reduce_to))
 
     window = 2 * batch_size  # one batch on the model, one being decoded
     with ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="blipq-decode") as pool:

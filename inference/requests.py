@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
 from blipq.contract.amqp import DELIVERY_LIMIT, CaptionReply, ReplyError, ReplyImage
 from blipq.contract.errors import BlipqError, InvalidRequest
+from blipq.contract.framing import FRAMED_CONTENT_TYPE, read_framed_request
 from blipq.contract.images import ImagePolicy
-from blipq.contract.inputs import from_base64, from_url
+from blipq.contract.inputs import from_base64, from_bytes, from_url
 from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
-from blipq.contract.requests import JobRequest
+from blipq.contract.requests import ImageSpec, JobRequest
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +45,37 @@ class ParsedRequest:
         return [self.refused.get(index) or ran[index] for index in range(self.size)]
 
 
-def parse_request(body: bytes, policy: ImagePolicy, max_images: int) -> ParsedRequest:
-    """InvalidRequest for a body that is not a request; a bad image is refused alone (a per-image error)."""
-    try:
-        request = JobRequest.model_validate_json(body)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
-        raise InvalidRequest(f"not a caption request: {problems}") from None
-    if not request.images or len(request.images) > max_images:
-        raise InvalidRequest(f"a request carries 1 to {max_images} images, not {len(request.images)}")
-    parsed = ParsedRequest(request.options, len(request.images), [], {})
-    for index, spec in enumerate(request.images):
+def parse_request(body: bytes, content_type: str | None, policy: ImagePolicy, max_images: int) -> ParsedRequest:
+    """A JSON request body, or a framed one (`blipq.contract.framing`) by its content type. InvalidRequest for a
+    body that is not a request; a bad image is refused alone (a per-image error)."""
+    images: Sequence[str | bytes | ImageSpec]
+    if content_type == FRAMED_CONTENT_TYPE:
+        images, options = read_framed_request(body)
+    else:
         try:
-            image = from_base64(spec.b64, index, policy) if spec.b64 is not None else from_url(spec.url or "", index)
+            request = JobRequest.model_validate_json(body)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+            raise InvalidRequest(f"not a caption request: {problems}") from None
+        images, options = request.images, request.options
+    if not images or len(images) > max_images:
+        raise InvalidRequest(f"a request carries 1 to {max_images} images, not {len(images)}")
+    parsed = ParsedRequest(options, len(images), [], {})
+    for index, image in enumerate(images):
+        try:
+            parsed.to_run.append((index, _image_input(image, index, policy)))
         except BlipqError as exc:
             parsed.refused[index] = ImageResult(error=ErrorInfo(exc.code, exc.message))
-        else:
-            parsed.to_run.append((index, image))
     return parsed
+
+
+def _image_input(image: str | bytes | ImageSpec, index: int, policy: ImagePolicy) -> ImageInput:
+    """Checked now, on arrival: a message may come from any publisher."""
+    if isinstance(image, bytes):
+        return from_bytes(image, index, policy)
+    if isinstance(image, str):
+        return from_url(image, index)
+    return from_base64(image.b64, index, policy) if image.b64 is not None else from_url(image.url or "", index)
 
 
 def _reply_image(result: ImageResult) -> ReplyImage:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -27,7 +28,25 @@ class InferenceSettings(SharedSettings):
     )
     max_batch: int = Field(16, ge=1, le=1024, description="Images per model call.")
     batch_wait_ms: int = Field(10, ge=0, le=10_000, description="How long to wait for more images to fill a batch.")
-    decode_threads: int = Field(4, ge=1, le=64, description="Threads fetching and decoding images ahead of the model.")
+    decode_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Threads fetching and decoding images ahead of the model; 0 = one per CPU this process may "
+        "use (at least 2).",
+    )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="Threads for torch's CPU work; 0 = 1 beside a GPU (the cores decode images), all cores when "
+        "the model runs on the CPU.",
+    )
+    fast_decode: bool = Field(
+        False,
+        description="Decode JPEGs at least twice the model's input size at 1/2, 1/4 or 1/8 scale: far less CPU "
+        "per image, but not the pixels of a full decode (captions may change).",
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="`blipq worker`: Prometheus metrics port; 0 = off.")
     fetch_timeout_s: float = Field(20.0, gt=0, description="Total time allowed to fetch one URL.")
     max_fetch_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest URL response accepted.")
@@ -49,3 +68,12 @@ class InferenceSettings(SharedSettings):
             return tuple(str(ipaddress.ip_network(part, strict=False)) for part in value)
         except ValueError as exc:
             raise ValueError(f"not a CIDR network: {exc}") from None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, e.g. under taskset or a container's cpuset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def decode_threads(settings: InferenceSettings) -> int:
+    return settings.decode_threads or max(2, usable_cpus())

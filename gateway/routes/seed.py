@@ -42,9 +42,9 @@ def _inputs(body: SeedRequest, service: Service) -> list[ImageInput]:
 
 
 @router.post("/captionImage", response_model=SeedStarted)
-def start_job(body: SeedRequest, service: ServiceDep, caller: CallerDep) -> SeedStarted:
+async def start_job(body: SeedRequest, service: ServiceDep, caller: CallerDep) -> SeedStarted:
     """Queue a job; poll GET /captionImage for the result."""
-    job_id = service.submit(_inputs(body, service), CaptionOptions(), caller)
+    job_id = await service.submit(_inputs(body, service), CaptionOptions(), caller)
     return SeedStarted(id=job_id)
 
 
@@ -61,7 +61,7 @@ def finished_jobs(
 
 
 @router.post("/captionImageBlocking", response_model=SeedFinished, responses=error_responses(504))
-def caption_blocking(body: SeedRequest, service: ServiceDep, caller: CallerDep) -> SeedFinished:
+async def caption_blocking(body: SeedRequest, service: ServiceDep, caller: CallerDep) -> SeedFinished:
     """Queue a job and answer when it is finished (504 with the job id after the blocking timeout)."""
-    job_id = service.submit(_inputs(body, service), CaptionOptions(), caller)
-    return SeedFinished(id=job_id, result=seed_captions(service.wait(job_id)))
+    job = await service.caption(_inputs(body, service), CaptionOptions(), caller)
+    return SeedFinished(id=job.id, result=seed_captions(job))

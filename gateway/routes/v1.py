@@ -16,9 +16,9 @@ from blipq.contract.inputs import check_count, from_base64, from_bytes, from_url
 from blipq.contract.messages import ImageInput
 from blipq.contract.options import CaptionOptions
 from blipq.contract.requests import JobRequest
-from blipq.gateway.auth import Caller, CallerDep
+from blipq.gateway.auth import CallerDep
 from blipq.gateway.deps import ServiceDep
-from blipq.gateway.jobs import Idempotency, Job, JobStatus
+from blipq.gateway.jobs import Idempotency, JobStatus
 from blipq.gateway.json_body import is_json, read_json, unsupported, validate
 from blipq.gateway.schemas import (
     JOB_ROUTE_ERRORS,
@@ -47,7 +47,7 @@ def _job_inputs(body: JobRequest, service: Service) -> list[ImageInput]:
 
 
 @router.post("/jobs", status_code=202, response_model=JobView)
-def create_job(
+async def create_job(
     body: JobRequest,
     response: Response,
     service: ServiceDep,
@@ -67,9 +67,9 @@ def create_job(
     if idempotency_key is not None:
         fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
         idempotency = Idempotency(idempotency_key, fingerprint)
-    job_id = service.submit(_job_inputs(body, service), body.options, caller, idempotency)
+    job_id = await service.submit(_job_inputs(body, service), body.options, caller, idempotency)
     response.headers["Location"] = f"/v1/jobs/{job_id}"
-    return JobView.of(service.job(job_id, caller))
+    return JobView.of(await run_in_threadpool(service.job, job_id, caller))
 
 
 @router.get("/jobs/{job_id}", response_model=JobView)
@@ -132,8 +132,7 @@ async def caption_now(request: Request, service: ServiceDep, caller: CallerDep) 
         images, options = _job_inputs(body, service), body.options
     else:
         raise unsupported(content_type, "JSON (Content-Type: application/json) or multipart/form-data uploads")
-    job = await run_in_threadpool(_submit_and_wait, service, images, options, caller)
-    return JobView.of(job)
+    return JobView.of(await service.caption(images, options, caller))
 
 
 @router.post(
@@ -157,15 +156,11 @@ async def hugging_face_image_to_text(request: Request, service: ServiceDep, call
         image = from_base64(payload.inputs, 0, service.image_policy)
     else:
         image = from_bytes(body, 0, service.image_policy)
-    job = await run_in_threadpool(_submit_and_wait, service, [image], CaptionOptions(), caller)
+    job = await service.caption([image], CaptionOptions(), caller)
     outcome = job.images[0]
     if outcome.error is not None:
         raise ImageFailed(outcome.error.code, outcome.error.message)
     return [GeneratedText(generated_text=outcome.caption or "")]
-
-
-def _submit_and_wait(service: Service, images: list[ImageInput], options: CaptionOptions, caller: Caller) -> Job:
-    return service.wait(service.submit(images, options, caller))
 
 
 async def _multipart(request: Request, service: Service) -> tuple[list[ImageInput], CaptionOptions]:

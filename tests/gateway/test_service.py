@@ -15,8 +15,11 @@ def test_an_error_for_the_whole_job_fails_each_image_and_is_counted(make_client:
     body = {"images": [{"b64": base64.b64encode(image).decode()} for image in pictures(2)]}
     job_id = client.post("/v1/jobs", json=body).json()["id"]
     service = client.app.state.service
-    service.record(JobFinished(job_id, error=ErrorInfo("expired", "the request expired before a worker took it")))
-    service.record(JobFinished(job_id, [ImageResult(caption="late"), ImageResult(caption="late")]))
+    # record returns at once; its future is done when the outcome is stored
+    service.record(
+        JobFinished(job_id, error=ErrorInfo("expired", "the request expired before a worker took it"))
+    ).result()
+    service.record(JobFinished(job_id, [ImageResult(caption="late"), ImageResult(caption="late")])).result()
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "failed"
     assert [image["error"]["code"] for image in job["images"]] == ["expired", "expired"]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from blipq.contract.errors import IdempotencyConflict
+from blipq.contract.errors import IdempotencyConflict, QueueUnavailable
 from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
 from blipq.gateway.jobs import Idempotency, JobStatus
@@ -26,9 +27,9 @@ def test_the_first_outcome_wins(store: JobStore) -> None:
     job_id, created = store.create(TWO, CaptionOptions())
     assert created
     assert store.pending_images() == 2
-    assert store.finish(job_id, CAPTIONS)
-    assert not store.finish(job_id, [ImageResult(caption="x"), ImageResult(caption="y")])  # a duplicate reply
-    assert not store.fail(job_id, ErrorInfo("worker_lost", "late"))
+    assert store.finish(job_id, CAPTIONS).result()
+    assert not store.finish(job_id, [ImageResult(caption="x"), ImageResult(caption="y")]).result()  # a duplicate reply
+    assert not store.fail(job_id, ErrorInfo("worker_lost", "late")).result()
     job = store.get(job_id)
     assert job.status is JobStatus.SUCCEEDED
     assert [image.state for image in job.images] == ["done", "failed"]
@@ -40,20 +41,20 @@ def test_the_first_outcome_wins(store: JobStore) -> None:
 def test_a_late_outcome_for_a_cancelled_or_purged_job_changes_nothing(store: JobStore) -> None:
     job_id, _ = store.create(TWO, CaptionOptions())
     assert store.cancel(job_id).status is JobStatus.CANCELLED
-    assert not store.finish(job_id, CAPTIONS)
+    assert not store.finish(job_id, CAPTIONS).result()
     assert [image.state for image in store.get(job_id).images] == ["cancelled", "cancelled"]
-    assert not store.finish("0" * 32, CAPTIONS)
+    assert not store.finish("0" * 32, CAPTIONS).result()
 
 
 def test_a_result_count_that_fits_no_dispatch_is_ignored(store: JobStore) -> None:
     job_id, _ = store.create(TWO, CaptionOptions())
-    assert not store.finish(job_id, CAPTIONS[:1])
+    assert not store.finish(job_id, CAPTIONS[:1]).result()
     assert store.get(job_id).status is JobStatus.QUEUED
 
 
 def test_a_job_with_no_caption_fails(store: JobStore) -> None:
     job_id, _ = store.create(TWO[:1], CaptionOptions())
-    assert store.fail(job_id, ErrorInfo("invalid_request", "not JSON"))
+    assert store.fail(job_id, ErrorInfo("invalid_request", "not JSON")).result()
     job = store.get(job_id)
     assert job.status is JobStatus.FAILED
     assert job.images[0].error == ErrorInfo("invalid_request", "not JSON")
@@ -75,9 +76,9 @@ def test_unfinished_jobs_keep_their_request_and_count_attempts(store: JobStore) 
     greedy = CaptionOptions(num_beams=1)
     job_id, _ = store.create(TWO, greedy)
     done_id, _ = store.create(TWO, CaptionOptions())
-    store.finish(done_id, CAPTIONS)
-    store.started(job_id)
-    store.started(job_id)
+    store.finish(done_id, CAPTIONS).result()
+    store.started(job_id).result()
+    store.started(job_id).result()
     assert store.get(job_id).status is JobStatus.RUNNING
     (request,) = store.unfinished()
     assert (request.job_id, request.images, request.options, request.attempts) == (job_id, tuple(TWO), greedy, 2)
@@ -89,7 +90,7 @@ def test_unfinished_jobs_keep_their_request_and_count_attempts(store: JobStore) 
 def test_a_refused_job_is_discarded_and_its_key_freed(store: JobStore) -> None:
     key = Idempotency("k", "f")
     job_id, _ = store.create(TWO, CaptionOptions(), idempotency=key)
-    store.discard(job_id)
+    store.discard(job_id).result()
     assert store.list_jobs() == []
     assert store.create(TWO, CaptionOptions(), idempotency=key)[1]
 
@@ -131,8 +132,75 @@ def test_a_store_of_the_earlier_queue_is_carried_over(tmp_path: Path) -> None:
     assert request.job_id == "a"
     assert request.images == (ImageInput(data=b"\x01\x02"),)  # the image without an outcome yet
     assert store.get("a").status is JobStatus.QUEUED
-    assert store.finish("a", [ImageResult(caption="new")])
+    assert store.finish("a", [ImageResult(caption="new")]).result()
     assert store.get("a").captions == ["kept", "new"]
     assert store.get("b").captions == ["old"]
     store.close()
     assert open_store(f"sqlite:///{path}").get("b").status is JobStatus.SUCCEEDED  # opening twice is fine
+
+
+#: The layout before the store was versioned: the image bytes in job_images.
+VERSION_1_SCHEMA = """
+CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, status TEXT NOT NULL,
+    options TEXT NOT NULL, n_images INTEGER NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+    owner TEXT, idem_key TEXT, idem_fingerprint TEXT, attempts INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE job_images (job_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB, url TEXT, state TEXT NOT NULL,
+    caption TEXT, error_code TEXT, error_message TEXT, PRIMARY KEY (job_id, idx));
+INSERT INTO jobs (id, status, options, n_images, created_at, attempts) VALUES ('a', 'running', '{}', 2, 1.0, 1);
+INSERT INTO job_images (job_id, idx, data, state) VALUES ('a', 0, x'0304', 'running');
+INSERT INTO job_images (job_id, idx, url, state) VALUES ('a', 1, 'https://x.test/c.png', 'running');
+"""
+
+
+def test_a_store_of_the_unversioned_layout_moves_its_image_bytes_aside(tmp_path: Path) -> None:
+    path = tmp_path / "blipq.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(VERSION_1_SCHEMA)
+    store = open_store(f"sqlite:///{path}")
+    (request,) = store.unfinished()
+    assert request.images == (ImageInput(data=b"\x03\x04"), ImageInput(url="https://x.test/c.png"))
+    assert request.attempts == 1
+    store.close()
+    with sqlite3.connect(path) as db:
+        assert "data" not in {row[1] for row in db.execute("PRAGMA table_info(job_images)")}
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+
+
+def test_a_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "blipq.db"
+    open_store(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(QueueUnavailable, match="version 99, written by a newer blipq"):
+        open_store(f"sqlite:///{path}")
+
+
+def test_image_bytes_are_kept_only_while_they_may_be_needed(store: JobStore, tmp_path: Path) -> None:
+    kept, _ = store.create(TWO, CaptionOptions())
+    left_to_the_broker, _ = store.create(TWO, CaptionOptions(), keep_images=False)
+    requests = {request.job_id: request for request in store.unfinished()}
+    assert requests[kept].images == tuple(TWO)
+    assert requests[left_to_the_broker].images is None
+    store.finish(kept, CAPTIONS).result()
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM job_blobs").fetchone() == (0,)
+
+
+def test_writes_from_many_threads_are_committed_together_and_fail_alone(store: JobStore) -> None:
+    """Each create waits for its commit; a conflicting one fails without taking its group with it."""
+    first, _ = store.create(TWO, CaptionOptions(), idempotency=Idempotency("key", "fingerprint"))
+
+    def create(index: int) -> str:
+        fingerprint = "other" if index % 10 == 0 else "fingerprint"
+        key = "key" if index % 5 == 0 else f"key-{index}"
+        return store.create(TWO, CaptionOptions(), idempotency=Idempotency(key, fingerprint))[0]
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(create, index) for index in range(100)]
+    conflicts = [future for future in futures if future.exception() is not None]
+    assert len(conflicts) == 10
+    assert all(isinstance(future.exception(), IdempotencyConflict) for future in conflicts)
+    ids = {future.result() for future in futures if future.exception() is None}
+    assert len(ids) == 81  # 80 new keys, and "key" answered with the first job
+    assert first in ids
+    assert store.pending_images() == 2 * 81

@@ -67,7 +67,7 @@ class OutsidePublisher:
             "caption",
             body,
             pika.BasicProperties(
-                content_type="application/json",
+                content_type=properties.pop("content_type", "application/json"),
                 delivery_mode=2,
                 reply_to=properties.pop("reply_to", self.reply_queue),
                 correlation_id=correlation_id,
@@ -147,6 +147,23 @@ def test_unreadable_requests_and_bad_images_get_error_replies(publisher: Outside
     assert [image["status"] for image in mixed["images"]] == ["done", "failed"]
     assert mixed["images"][1]["error"]["code"] == "invalid_image"
     assert mixed["images"][1]["error"]["message"].startswith("image 1: not a supported image")
+
+
+def test_framed_requests_carry_raw_bytes_and_a_bad_frame_gets_an_error_reply(
+    publisher: OutsidePublisher, engine: CaptionEngine
+) -> None:
+    """The framed content type of the contract, built here by hand: a JSON header line, then the bytes."""
+    images = pictures(2)
+    header = json.dumps({"images": [{"bytes": len(image)} for image in images], "options": {"num_beams": 1}})
+    framed = "application/vnd.blipq.framed-request"
+    publisher.publish(header.encode() + b"\n" + b"".join(images), "framed", content_type=framed)
+    publisher.publish(header.encode() + b"\n" + images[0], "short", content_type=framed)
+    replies = publisher.replies(2)
+    assert [image["caption"] for image in replies["framed"]["images"]] == engine.caption(
+        [decode_image(image) for image in images], CaptionOptions(num_beams=1)
+    )
+    assert replies["short"]["status"] == "failed"
+    assert replies["short"]["error"]["code"] == "invalid_request"
 
 
 def test_an_expired_request_is_answered_expired(amqp_url: str, engine: CaptionEngine) -> None:

@@ -147,7 +147,8 @@ def test_out_of_memory_splits_the_batch(
 
     monkeypatch.setattr(engine, "generate", small_gpu)
     data = pictures(6)
-    batcher = make_batcher(BatcherConfig(max_batch=8))
+    # a long batch wait: the model takes all six together, however long they take to decode
+    batcher = make_batcher(BatcherConfig(max_batch=8, batch_wait_ms=5000))
     batcher.submit(job("six", data))
     (results,) = outcomes.wait(["six"])
     monkeypatch.undo()

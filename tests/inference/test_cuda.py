@@ -36,7 +36,7 @@ def fp32_engine_and_reference(
 ) -> tuple[CaptionEngine, tuple[BlipForConditionalGeneration, BlipProcessor]]:
     engine = CaptionEngine.load(checkpoint, device="cuda", dtype="fp32")
     model = BlipForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).to("cuda").eval()
-    return engine, (model, BlipProcessor.from_pretrained(checkpoint))
+    return engine, (model, BlipProcessor.from_pretrained(checkpoint, backend="pil"))  # as in test_engine
 
 
 @pytest.mark.parametrize("options", OPTION_SETS, ids=lambda o: f"beams{o.num_beams}-{o.prompt or 'noprompt'}")

@@ -41,7 +41,9 @@ def decoded_inputs() -> list[Image.Image]:
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint: Path) -> tuple[BlipForConditionalGeneration, BlipProcessor]:
     model = BlipForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
-    return model, BlipProcessor.from_pretrained(tiny_checkpoint)
+    # The PIL backend, as the engine uses, whether or not torchvision is installed (with it, transformers
+    # would pick its torchvision backend, which resizes differently).
+    return model, BlipProcessor.from_pretrained(tiny_checkpoint, backend="pil")
 
 
 def reference_ids(
