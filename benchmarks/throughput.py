@@ -20,243 +20,15 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
-CACHE = Path(".bench")
-SIZES = [(640, 480), (800, 600), (1024, 768), (1280, 960), (1600, 1200), (2000, 1500)]
-PROMPT = "a picture of "
-
-
-@dataclass
-class Result:
-    contender: str
-    batch: int
-    images: int
-    seconds: float
-    peak_rss_mb: float
-    gpu_peak_mb: float | None = None
-    latencies_ms: list[float] = field(default_factory=list)
-    idle_latency_ms: float | None = None
-    mean_batch: float | None = None  # images per model call while timed (http: read from the server's /metrics)
-    model_busy: float | None = None  # share of the timed wall clock the model was running (http only)
-    token_ids: list[list[int]] = field(default_factory=list)
-
-
-# -- inputs ------------------------------------------------------------------------------------
-
-
-def make_inputs(count: int) -> list[Path]:
-    from PIL import Image, ImageFilter
-
-    folder = CACHE / "images"
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(count):
-        path = folder / f"photo{index:03d}.jpg"
-        if not path.exists():
-            width, height = SIZES[index % len(SIZES)]
-            rng = np.random.default_rng(index)
-            # Smooth noise compresses like a photo (a few hundred KB), unlike white noise.
-            small = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
-            image = Image.fromarray(small).resize((width, height), Image.BICUBIC).filter(ImageFilter.DETAIL)
-            image.save(path, "JPEG", quality=90)
-        paths.append(path)
-    return paths
-
-
-def checkpoint(size: str) -> Path:
-    from blipq.engine_build.synthetic import write_test_checkpoint
-
-    path = CACHE / f"blip-{size}"
-    if not (path / "model.safetensors").exists():
-        write_test_checkpoint(path, size=size)  # type: ignore[arg-type]
-    return path
-
-
-# -- contenders (run inside a subprocess) ------------------------------------------------------
-
-
-def run_reference(model_dir: Path, paths: list[Path], batch: int, dtype: str, device: str, tokens: int) -> Result:
-    import torch
-    from PIL import Image
-    from transformers import BlipForConditionalGeneration, BlipProcessor
-
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    model = BlipForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
-    processor = BlipProcessor.from_pretrained(model_dir)
-    length = len(processor.tokenizer(PROMPT)["input_ids"]) - 1 + tokens
-    blobs = [path.read_bytes() for path in paths]
-
-    def caption(chunk: list[bytes]) -> list[list[int]]:
-        import io
-
-        images = [Image.open(io.BytesIO(blob)).convert("RGB") for blob in chunk]
-        inputs = processor(images=images, text=[PROMPT] * len(images), return_tensors="pt").to(device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(torch_dtype)
-        with torch.inference_mode():
-            output = model.generate(**inputs, num_beams=BEAMS, max_length=length, min_length=length)
-        ids: list[list[int]] = output.tolist()
-        return ids
-
-    caption(blobs[:batch])  # warm-up
-    _sync(device)
-    started = time.perf_counter()
-    ids: list[list[int]] = []
-    for start in range(0, len(blobs), batch):
-        ids += caption(blobs[start : start + batch])
-    _sync(device)
-    name = "reference-loop" if batch == 1 and dtype == "fp32" else f"reference-batch-{batch}"
-    return Result(name, batch, len(blobs), time.perf_counter() - started, _peak_rss(), _gpu_peak(device), token_ids=ids)
-
-
-def engine_name(batch: int) -> str:
-    return f"engine-batch-{batch}" if VISION == "torch" else f"engine-{VISION}-batch-{batch}"
-
-
-def run_engine(model_dir: Path, paths: list[Path], batch: int, dtype: str, device: str, tokens: int) -> Result:
-    from blipq.contract.images import ImagePolicy
-    from blipq.contract.options import CaptionOptions
-    from blipq.inference.engine import CaptionEngine
-    from blipq.inference.offline import caption_sources
-
-    engine = CaptionEngine.load(
-        model_dir, device=device, dtype=dtype, vision_engine="tensorrt" if VISION == "tensorrt" else "torch"
-    )
-    if VISION == "exported":
-        from blipq.engine_build.export import export_vision_encoder
-
-        program = export_vision_encoder(engine.model, max_batch=max(batch, 2), device=engine.device, dtype=engine.dtype)
-        engine.use_vision_encoder(program.module(), "exported")
-    length = engine.prompt_length(PROMPT) + tokens
-    options = CaptionOptions(num_beams=BEAMS, max_length=length, min_length=length)
-    blobs = {str(path): path.read_bytes() for path in paths}
-    sources = list(blobs)
-    run = partial(
-        caption_sources, engine, options=options, read=blobs.__getitem__, policy=ImagePolicy(), batch_size=batch
-    )
-    list(run(sources[:batch]))  # warm-up
-    _sync(device)
-    started = time.perf_counter()
-    rows = list(run(sources))
-    _sync(device)
-    seconds = time.perf_counter() - started
-    # Token ids for the match rate: the same images once more, outside the timing.
-    ids = [ids for start in range(0, len(paths), batch) for ids in engine.generate(
-        [engine.prepare(_decode(blobs[s])) for s in sources[start : start + batch]], options)]  # fmt: skip
-    assert all(row.error is None for row in rows)
-    calls = -(-len(paths) // batch)
-    return Result(engine_name(batch), batch, len(paths), seconds, _peak_rss(), _gpu_peak(device), token_ids=ids,
-                  mean_batch=len(paths) / calls)  # fmt: skip
-
-
-def run_http(model_dir: Path, paths: list[Path], batch: int, dtype: str, device: str, tokens: int) -> Result:
-    import httpx
-
-    from tests.server import Server
-
-    scratch = CACHE / "http"
-    server = Server(model_dir, scratch, "--max-batch", str(batch), "--dtype", dtype)
-    server.command[server.command.index("--device") + 1] = device
-    server.start(timeout_s=600)
-    try:
-        from blipq.inference.engine import CaptionEngine
-
-        length = CaptionEngine.load(model_dir, device="cpu").prompt_length(PROMPT) + tokens
-        options = {"num_beams": BEAMS, "max_length": length, "min_length": length}
-        blobs = [path.read_bytes() for path in paths]
-
-        def one(blob: bytes, client: httpx.Client) -> float:
-            import base64
-
-            started = time.perf_counter()
-            body = {"images": [{"b64": base64.b64encode(blob).decode()}], "options": options}
-            response = client.post("/v1/captions", json=body)
-            assert response.status_code == 200, response.text
-            return (time.perf_counter() - started) * 1000
-
-        with httpx.Client(base_url=server.url, timeout=3600) as client:
-            one(blobs[0], client)  # warm-up
-            time.sleep(1)
-            idle = statistics.median(one(blobs[0], client) for _ in range(3))
-            local = threading.local()
-
-            def call(blob: bytes) -> float:
-                if not hasattr(local, "client"):
-                    local.client = httpx.Client(base_url=server.url, timeout=3600)
-                return one(blob, local.client)
-
-            before = _model_metrics(client)
-            started = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
-                latencies = list(pool.map(call, blobs))
-            seconds = time.perf_counter() - started
-            after = _model_metrics(client)
-        assert server.process is not None
-        rss = _vm_hwm_mb(server.process.pid)  # the model runs in the server process (embedded mode)
-    finally:
-        server.stop()
-    calls = after["blipq_batch_size_count"] - before["blipq_batch_size_count"]
-    mean_batch = (after["blipq_batch_size_sum"] - before["blipq_batch_size_sum"]) / calls
-    busy = (after["blipq_model_seconds_sum"] - before["blipq_model_seconds_sum"]) / seconds
-    return Result("http", batch, len(blobs), seconds, rss, None, latencies, idle, mean_batch, busy)
-
-
-def _model_metrics(client) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """The server's model-call counters, to tell small batches from a slow model under load."""
-    wanted = ("blipq_batch_size_sum", "blipq_batch_size_count", "blipq_model_seconds_sum")
-    lines = [line.split() for line in client.get("/metrics").text.splitlines() if line.startswith(wanted)]
-    return {name: float(value) for name, value in lines}
-
-
-def _decode(blob: bytes):  # type: ignore[no-untyped-def]
-    from blipq.inference.decode import decode_image
-
-    return decode_image(blob)
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def _peak_rss() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _vm_hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _gpu_peak(device: str) -> float | None:
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    return torch.cuda.max_memory_allocated() / 2**20
-
-
-BEAMS = 3
-CONCURRENCY = 8
-#: The engine contenders' vision encoder: torch (eager), exported (torch.export, no TensorRT) or tensorrt.
-VISION = "torch"
-CONTENDERS = {"reference": run_reference, "engine": run_engine, "http": run_http}
-
+from benchmarks import contenders, served
+from benchmarks.contenders import CONTENDERS, Result, engine_name
+from benchmarks.inputs import checkpoint, make_inputs
 
 # -- orchestration -----------------------------------------------------------------------------
 
@@ -266,6 +38,7 @@ def run_in_subprocess(args: argparse.Namespace, kind: str, batch: int, dtype: st
         sys.executable, "-m", "benchmarks.throughput", "--one", kind, "--batch", str(batch), "--dtype", dtype,
         "--size", args.size, "--images", str(args.images), "--tokens", str(args.tokens), "--beams", str(args.beams),
         "--device", args.device, "--concurrency", str(args.concurrency), "--vision-engine", args.vision_engine,
+        "--torch-threads", str(args.torch_threads),
     ]  # fmt: skip
     output = subprocess.run(command, capture_output=True, text=True, check=False)
     if output.returncode != 0:
@@ -275,15 +48,9 @@ def run_in_subprocess(args: argparse.Namespace, kind: str, batch: int, dtype: st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=["tiny", "base", "large"], default="base")
-    parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--tokens", type=int, default=20, help="new tokens per caption (forced)")
-    parser.add_argument("--beams", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32", help="dtype of the batched reference, the engine and http")
+    add_common_arguments(parser)
     parser.add_argument("--reference-batch", type=int, default=8)
     parser.add_argument("--engine-batches", default="1,4,8,16", help="comma-separated batch sizes")
-    parser.add_argument("--concurrency", type=int, default=8, help="HTTP clients in flight")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     parser.add_argument(
@@ -292,13 +59,16 @@ def main() -> None:
         default="torch",
         help="the engine rows' vision encoder (tensorrt needs an engine from `blipq build-engine`)",
     )
+    parser.add_argument("--served", action="store_true", help="the served regime instead (benchmarks/served.py)")
+    served.add_arguments(parser)
     parser.add_argument("--one", choices=list(CONTENDERS), help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global BEAMS, CONCURRENCY, VISION
-    BEAMS, CONCURRENCY, VISION = args.beams, args.concurrency, args.vision_engine
-    paths = make_inputs(args.images)
+    contenders.configure(args.beams, args.concurrency, args.vision_engine, args.torch_threads)
     model_dir = checkpoint(args.size)
+    if args.served:
+        run_served(args, model_dir)
+        return
+    paths = make_inputs(args.images)
     if args.one:
         from blipq.inference.engine import quiet_transformers
 
@@ -322,9 +92,52 @@ def main() -> None:
     report(args, runs, engine_batches)
 
 
-def report(args: argparse.Namespace, runs: dict[str, list[Result]], engine_batches: list[int]) -> None:
+def run_served(args: argparse.Namespace, model_dir: Path) -> None:
+    """The served regime's table, written to docs/benchmarks/served-<size>-<device>[-<dtype>].md."""
+    args.model_dir = model_dir.resolve()
+    distinct = make_inputs(min(args.images, 48))
+    paths = [distinct[index % len(distinct)] for index in range(args.images)]
+    table = served.run(args, paths)
+    stem = f"served-{args.size}-{args.device.replace(':', '')}-{args.dtype}"
+    text = "\n".join([
+        f"# Served against the engine: BLIP {args.size}, beam {args.beams}, {args.tokens} tokens, {args.device} "
+        f"{args.dtype}, max batch {args.batch}, torch threads {args.torch_threads or 'auto'}",
+        "",
+        *environment(args),
+        f"- {args.images} requests of one JPEG each ({len(distinct)} files, 640x480 to 2000x1500, repeated), "
+        f"{args.concurrency} clients; median of {args.rounds} alternating rounds",
+        "",
+        table,
+    ])  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.md").write_text(text)
+    print(text)
+
+
+def environment(args: argparse.Namespace) -> list[str]:
     import torch
     import transformers
+
+    gpu = f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""
+    return [
+        f"- command: `python -m benchmarks.throughput {' '.join(sys.argv[1:])}`",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}{gpu}",
+        f"- versions: python {platform.python_version()}, torch {torch.__version__},"
+        f" transformers {transformers.__version__}",
+    ]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", choices=["tiny", "base", "large"], default="base")
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=20, help="new tokens per caption (forced)")
+    parser.add_argument("--beams", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", help="dtype of the batched reference, the engine and http")
+    parser.add_argument("--concurrency", type=int, default=8, help="HTTP clients in flight")
+
+
+def report(args: argparse.Namespace, runs: dict[str, list[Result]], engine_batches: list[int]) -> None:
 
     def rate(name: str) -> float:
         return statistics.median(r.images / r.seconds for r in runs[name])
@@ -336,11 +149,7 @@ def report(args: argparse.Namespace, runs: dict[str, list[Result]], engine_batch
         f"# Throughput: BLIP {args.size}, beam {args.beams}, {args.tokens} tokens, {args.device} {args.dtype},"
         f" {args.vision_engine} vision encoder",
         "",
-        f"- command: `python -m benchmarks.throughput {' '.join(sys.argv[1:])}`",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
-        + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),
-        f"- versions: python {platform.python_version()}, torch {torch.__version__},"
-        f" transformers {transformers.__version__}",
+        *environment(args),
         f"- {args.images} JPEGs from 640x480 to 2000x1500, decoding included;"
         f" median of {args.rounds} alternating rounds; each contender in its own process",
         "",

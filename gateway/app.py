@@ -68,6 +68,9 @@ def create_app(
         yield
         stop.set()
         await broker.stop()
+        # The outcomes of the jobs finished while stopping are queued for the store's writer: commit them
+        # now, since uvicorn re-raises the SIGTERM it caught once the app is done, and that ends the process.
+        await anyio.to_thread.run_sync(store.flush)
         running -= 1
 
     # The docs pages load Swagger UI and ReDoc from files in the fastapi-offline package, not from a

@@ -293,6 +293,10 @@ class JobStore:
             (count,) = db.execute(_PENDING_COUNT).fetchone()
         return int(count)
 
+    def flush(self) -> None:
+        """Wait until every write queued so far (outcomes included) is committed."""
+        self._file.flush()
+
     def close(self) -> None:
         """Commit what is queued, then close the file."""
         self._file.close()

@@ -235,9 +235,10 @@ class Batcher:
         while (batch := self._next_batch()) is not None:
             options = batch[0].slot.job.item.options
             names = [f"image {ready.slot.index} of {ready.slot.job.item.key}" for ready in batch]
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             outcomes = caption_ready(self.engine, [ready.prepared for ready in batch], options, names)
             self.metrics.model_seconds.observe(time.perf_counter() - started)
+            self.metrics.model_cpu_seconds.inc(time.thread_time() - cpu_started)
             self.metrics.batch_size.observe(len(batch))
             for ready, outcome in zip(batch, outcomes, strict=True):
                 self._record(ready.slot, outcome)

@@ -18,6 +18,12 @@ class InferenceMetrics:
             "blipq_batch_size", "Images per model call.", buckets=_BATCH_SIZES, registry=self.registry
         )
         self.model_seconds = Histogram("blipq_model_seconds", "Time per model call.", registry=self.registry)
+        self.model_cpu_seconds = Counter(
+            "blipq_model_cpu_seconds",
+            "CPU time of the thread driving the model (beside a GPU: Python and kernel launches; when it nears the "
+            "wall-clock time of the model calls, that thread is what limits the rate).",
+            registry=self.registry,
+        )
         self.queued_seconds = Histogram(
             "blipq_queued_seconds", "Time from a job's arrival to its first image's batch.", registry=self.registry
         )

@@ -132,8 +132,9 @@ def _list_jobs(server: Server) -> list[dict[str, Any]]:
 
 
 def _refuses_connections(server: Server) -> bool:
+    """Refused, or reset unanswered (uvloop resets a connection the closing listener had already queued)."""
     try:
         httpx.get(f"{server.url}/healthz", timeout=1)
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
         return True
     return False

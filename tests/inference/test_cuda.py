@@ -69,3 +69,20 @@ def test_the_exported_encoder_gives_the_eager_output_in_fp16(checkpoint: Path, t
         with torch.inference_mode():
             expected = engine.model.vision_model(pixel_values=pixels)[0]
             torch.testing.assert_close(exported(pixels), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_images_cross_to_the_gpu_as_bytes_and_become_the_processors_pixel_values_there(checkpoint: Path) -> None:
+    """The 8-bit image is looked up in the processor's table on the GPU: the largest difference from the
+    processor's own float32 pixel values is printed, and must be 0."""
+    from transformers import BlipImageProcessorPil
+
+    from blipq.inference.preprocess import TablePreprocessing
+
+    processor = BlipImageProcessorPil.from_pretrained(checkpoint)
+    on_gpu = TablePreprocessing.of(processor, on_device=True)
+    images = decoded_inputs() + varied_images()
+    ours = on_gpu.pixel_values([on_gpu.prepare(image) for image in images], torch.device("cuda"), torch.float32)
+    reference = processor(images=images, return_tensors="pt")["pixel_values"]
+    largest = (ours.cpu() - reference).abs().max().item()
+    print(f"largest difference on CUDA: {largest}")
+    assert largest == 0.0
