@@ -11,7 +11,8 @@ runs in processes of its own; rounds alternate the rows and the table gives the 
 Scaling: engine, worker and embedded on 1 CPU and on --cpus (taskset). Fast decode: the engine row with
 `--fast-decode`, and the share of its captions equal to the full decode's. Every caption is forced to
 --tokens tokens. "model thread" is the CPU of the thread driving the model (Python, kernel launches);
-"outside the model" is the rest of that process: decoding, requests, the broker client.
+"outside the model" is the rest of that process: decoding, requests, the broker client (and, on the CPU
+with more than one torch thread, torch's own worker threads running the model's operations).
 
     python -m benchmarks.throughput --served --size tiny --images 240 --torch-threads 1
 """
@@ -87,10 +88,11 @@ def engine_row(args: argparse.Namespace, paths: list[Path], cpus: int, fast_deco
         )  # fmt: skip
         return [row.caption or "" for row in rows]
 
-    run(list(blobs)[: args.batch])
+    sources = [str(path) for path in paths]  # the files repeat: each occurrence is captioned
+    run(sources[: args.batch])
     model_cpu[:] = [0.0, 0]
     cpu_started, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    captions = run(list(blobs))
+    captions = run(sources)
     seconds = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = usage.ru_utime + usage.ru_stime - cpu_started.ru_utime - cpu_started.ru_stime
@@ -137,7 +139,9 @@ def served_row(args: argparse.Namespace, paths: list[Path], mode: str, cpus: int
         worker.command = pinned(worker.command, cpus)
         worker.command[worker.command.index("--device") + 1] = args.device
         processes["worker"] = worker.start().process  # type: ignore[assignment]
-    server = Server(args.model_dir, scratch, *extra, *([] if mode == "rabbitmq" else common))
+    # a slow model (BLIP base on a CPU) takes longer than blocking requests wait by default
+    patient = {"BLIPQ_BLOCKING_TIMEOUT_S": "3600"}
+    server = Server(args.model_dir, scratch, *extra, *([] if mode == "rabbitmq" else common), env=patient)
     server.command[server.command.index("--device") + 1] = args.device
     if mode == "embedded":
         server.command = pinned(server.command, cpus)
@@ -157,7 +161,7 @@ def served_row(args: argparse.Namespace, paths: list[Path], mode: str, cpus: int
                 {"images": [{"b64": pybase64.b64encode(path.read_bytes()).decode()}], "options": options}).encode())
             for path in paths
         ]  # fmt: skip
-        warm = run_load("127.0.0.1", server.port, requests[: args.concurrency], args.concurrency)
+        warm = run_load("127.0.0.1", server.port, requests[: args.batch], args.concurrency)
         assert set(warm.statuses) == {200}, warm.statuses
         before_cpu = {name: session_cpu_seconds(process.pid) for name, process in processes.items()}
         before = model_metrics(metrics_url)
@@ -220,7 +224,7 @@ def worker_row(args: argparse.Namespace, paths: list[Path], cpus: int | None, sc
             channel.cancel()
             return time.perf_counter() - started
 
-        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/metrics"), timeout_s=900)
+        wait_until(lambda: _consuming(node.url()), timeout_s=900)
         publish_and_collect(bodies[: args.batch])
         assert worker.process is not None
         assert node.process is not None
@@ -244,13 +248,23 @@ def worker_row(args: argparse.Namespace, paths: list[Path], cpus: int | None, sc
     )  # fmt: skip
 
 
-def _answers(url: str) -> bool:
-    import httpx
+def _consuming(url: str) -> bool:
+    """A worker consumes the request queue (so the topology exists too)."""
+    import pika
+    import pika.exceptions
 
     try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+    except pika.exceptions.AMQPError:
         return False
+    try:
+        declared = connection.channel().queue_declare("blipq.caption", passive=True)
+        return bool(declared.method.consumer_count)
+    except pika.exceptions.ChannelClosedByBroker:  # not declared yet
+        return False
+    finally:
+        if connection.is_open:
+            connection.close()
 
 
 def run(args: argparse.Namespace, paths: list[Path]) -> str:
@@ -308,7 +322,7 @@ def report(args: argparse.Namespace, runs: dict[tuple[str, int], list[Row]]) -> 
         batch = statistics.median(row.images / (r.batches or 1) for r in rows)
         spent = ", ".join(f"{name} {value:.1f}" for name, value in per_image.items())
         lines.append(
-            f"| {key[0]} | {key[1]} | {rate(key):.1f} | {rate(key) / engine:.2f} | {spent} | {model:.1f} "
+            f"| {key[0]} | {key[1]} | {rate(key):.3g} | {rate(key) / engine:.2f} | {spent} | {model:.1f} "
             f"| {outside:.1f} | {batch:.1f} |"
         )
     notes = []
