@@ -26,8 +26,9 @@ from blipq.gateway.store import JobStore
 
 log = logging.getLogger(__name__)
 
-#: Blocking requests each hold a thread while they wait (on a future, not spinning).
-MAX_CONCURRENT_BLOCKING_REQUESTS = 1024
+#: Threads for the store's reads and the routes that still run on threads (reading jobs, cancelling); blocking
+#: requests wait on the event loop and hold no thread.
+MAX_WORKER_THREADS = 1024
 
 
 def create_app(
@@ -58,7 +59,7 @@ def create_app(
             yield
             running -= 1
             return
-        anyio.to_thread.current_default_thread_limiter().total_tokens = MAX_CONCURRENT_BLOCKING_REQUESTS
+        anyio.to_thread.current_default_thread_limiter().total_tokens = MAX_WORKER_THREADS
         await broker.start(service.record)
         if broker.replays_unfinished:
             await service.replay_unfinished()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -24,7 +25,7 @@ async def readyz(service: ServiceDep) -> dict[str, object] | Response:
     """The store answers and the broker can run jobs now: embedded, the model is loaded and its thread alive;
     with RabbitMQ, the gateway is connected and at least one worker consumes the request queue."""
     try:
-        depth = service.store.pending_images()
+        depth = await anyio.to_thread.run_sync(service.store.pending_images)  # no store work on the loop
         details = await service.broker.readiness()
     except BlipqError as exc:
         return response_for(exc)
