@@ -13,7 +13,32 @@ from blipq.contract.errors import QueueUnavailable
 
 VERSION = 2
 
-_TABLES = """
+_JOB_IMAGES = """
+CREATE TABLE job_images (
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    url TEXT,
+    state TEXT NOT NULL,
+    caption TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    PRIMARY KEY (job_id, idx)
+);
+"""
+_JOB_BLOBS = """
+CREATE TABLE job_blobs (
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, idx)
+);
+"""
+_PENDING_INDEX = """
+CREATE INDEX IF NOT EXISTS job_images_pending ON job_images(state) WHERE state IN ('queued', 'running');
+"""
+
+_TABLES = (
+    """
 CREATE TABLE jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -31,58 +56,29 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_finished ON jobs(finished_at);
 CREATE INDEX jobs_owner ON jobs(owner, seq);
 CREATE UNIQUE INDEX jobs_idempotency ON jobs(ifnull(owner, ''), idem_key) WHERE idem_key IS NOT NULL;
-CREATE TABLE job_images (
-    job_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    url TEXT,
-    state TEXT NOT NULL,
-    caption TEXT,
-    error_code TEXT,
-    error_message TEXT,
-    PRIMARY KEY (job_id, idx)
-);
-CREATE INDEX job_images_pending ON job_images(state) WHERE state IN ('queued', 'running');
-CREATE TABLE job_blobs (
-    job_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (job_id, idx)
-);
 """
+    + _JOB_IMAGES
+    + _PENDING_INDEX
+    + _JOB_BLOBS
+)
 
 #: Version 1 (unversioned): the image bytes in job_images.
-_FROM_1 = """
-CREATE TABLE job_blobs (
-    job_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (job_id, idx)
-);
+_FROM_1 = (
+    _JOB_BLOBS
+    + """
 INSERT INTO job_blobs (job_id, idx, data) SELECT job_id, idx, data FROM job_images WHERE data IS NOT NULL;
 ALTER TABLE job_images DROP COLUMN data;
-CREATE INDEX IF NOT EXISTS job_images_pending ON job_images(state) WHERE state IN ('queued', 'running');
 """
+    + _PENDING_INDEX
+)
 
 #: The claim/lease queue of still earlier versions (an `images` table): its jobs are carried over.
-_FROM_QUEUE = """
-ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE job_images (
-    job_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    url TEXT,
-    state TEXT NOT NULL,
-    caption TEXT,
-    error_code TEXT,
-    error_message TEXT,
-    PRIMARY KEY (job_id, idx)
-);
-CREATE INDEX job_images_pending ON job_images(state) WHERE state IN ('queued', 'running');
-CREATE TABLE job_blobs (
-    job_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (job_id, idx)
-);
+_FROM_QUEUE = (
+    "ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;"
+    + _JOB_IMAGES
+    + _PENDING_INDEX
+    + _JOB_BLOBS
+    + """
 INSERT INTO job_images (job_id, idx, url, state, caption, error_code, error_message)
     SELECT job_id, idx, url, CASE state WHEN 'running' THEN 'queued' ELSE state END,
            caption, error_code, error_message FROM images;
@@ -91,6 +87,7 @@ UPDATE jobs SET status = 'queued' WHERE status = 'running';
 DROP TABLE images;
 DROP TABLE IF EXISTS workers;
 """
+)
 
 
 def prepare_schema(db: sqlite3.Connection) -> None:
