@@ -65,7 +65,7 @@ class Service:
         QueueFull (429) while more than max_queue_depth images wait; a job the broker refuses is removed
         from the store again, so a refused request leaves nothing behind.
         """
-        stored = self.store.create_soon(
+        stored = self.store.create(
             images,
             options,
             owner=caller.owner,

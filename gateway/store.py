@@ -2,9 +2,10 @@
 transport keeps nothing across a restart (the embedded mode), the request of every unfinished job, so that
 an accepted job survives a crash of the process.
 
-Writes go through `SqliteFile`'s writer thread, grouped into one commit: the ones a caller must see done
-first (a job created, cancelled) block that caller until committed; outcomes (`started`, `finish`, `fail`)
-return a future instead, so the thread that delivers them (the model's, the event loop) never waits on disk."""
+Writes go through `SqliteFile`'s writer thread, grouped into one commit. A job created, the outcomes
+(`started`, `finish`, `fail`) and a refused job discarded return a future done once committed, so the thread
+that hands them over (the event loop, the model's) never waits on disk; the rarer writes (`cancel`,
+`requeued`, `purge`) block their caller until committed."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def open_store(url: str) -> JobStore:
 
 
 class PendingLimit(Exception):
-    """A job refused because too many images wait already (`create_soon`'s max_pending)."""
+    """A job refused because too many images wait already (`create`'s max_pending)."""
 
     def __init__(self, depth: int) -> None:
         super().__init__(f"{depth} images wait")
@@ -74,22 +75,6 @@ class JobStore:
     # -- writing -------------------------------------------------------------------------------
 
     def create(
-        self,
-        images: Sequence[ImageInput],
-        options: CaptionOptions,
-        *,
-        owner: str | None = None,
-        idempotency: Idempotency | None = None,
-        keep_images: bool = True,
-        max_pending: int = 0,
-    ) -> tuple[str, bool]:
-        """`create_soon`, waiting until it is committed."""
-        future = self.create_soon(
-            images, options, owner=owner, idempotency=idempotency, keep_images=keep_images, max_pending=max_pending
-        )
-        return future.result()
-
-    def create_soon(
         self,
         images: Sequence[ImageInput],
         options: CaptionOptions,

@@ -24,7 +24,7 @@ def store(tmp_path: Path) -> JobStore:
 
 
 def test_the_first_outcome_wins(store: JobStore) -> None:
-    job_id, created = store.create(TWO, CaptionOptions())
+    job_id, created = store.create(TWO, CaptionOptions()).result()
     assert created
     assert store.pending_images() == 2
     assert store.finish(job_id, CAPTIONS).result()
@@ -39,7 +39,7 @@ def test_the_first_outcome_wins(store: JobStore) -> None:
 
 
 def test_a_late_outcome_for_a_cancelled_or_purged_job_changes_nothing(store: JobStore) -> None:
-    job_id, _ = store.create(TWO, CaptionOptions())
+    job_id, _ = store.create(TWO, CaptionOptions()).result()
     assert store.cancel(job_id).status is JobStatus.CANCELLED
     assert not store.finish(job_id, CAPTIONS).result()
     assert [image.state for image in store.get(job_id).images] == ["cancelled", "cancelled"]
@@ -47,13 +47,13 @@ def test_a_late_outcome_for_a_cancelled_or_purged_job_changes_nothing(store: Job
 
 
 def test_a_result_count_that_fits_no_dispatch_is_ignored(store: JobStore) -> None:
-    job_id, _ = store.create(TWO, CaptionOptions())
+    job_id, _ = store.create(TWO, CaptionOptions()).result()
     assert not store.finish(job_id, CAPTIONS[:1]).result()
     assert store.get(job_id).status is JobStatus.QUEUED
 
 
 def test_a_job_with_no_caption_fails(store: JobStore) -> None:
-    job_id, _ = store.create(TWO[:1], CaptionOptions())
+    job_id, _ = store.create(TWO[:1], CaptionOptions()).result()
     assert store.fail(job_id, ErrorInfo("invalid_request", "not JSON")).result()
     job = store.get(job_id)
     assert job.status is JobStatus.FAILED
@@ -62,20 +62,21 @@ def test_a_job_with_no_caption_fails(store: JobStore) -> None:
 
 def test_idempotency_keys_are_per_owner(store: JobStore) -> None:
     key = Idempotency("upload-1", "fingerprint-a")
-    first, created = store.create(TWO, CaptionOptions(), owner="alice", idempotency=key)
+    first, created = store.create(TWO, CaptionOptions(), owner="alice", idempotency=key).result()
     assert created
-    assert store.create(TWO, CaptionOptions(), owner="alice", idempotency=key) == (first, False)
-    other, created = store.create(TWO, CaptionOptions(), owner="bob", idempotency=key)
+    assert store.create(TWO, CaptionOptions(), owner="alice", idempotency=key).result() == (first, False)
+    other, created = store.create(TWO, CaptionOptions(), owner="bob", idempotency=key).result()
     assert created
     assert other != first
+    conflicting = Idempotency("upload-1", "fingerprint-b")
     with pytest.raises(IdempotencyConflict, match=first):
-        store.create(TWO, CaptionOptions(), owner="alice", idempotency=Idempotency("upload-1", "fingerprint-b"))
+        store.create(TWO, CaptionOptions(), owner="alice", idempotency=conflicting).result()
 
 
 def test_unfinished_jobs_keep_their_request_and_count_attempts(store: JobStore) -> None:
     greedy = CaptionOptions(num_beams=1)
-    job_id, _ = store.create(TWO, greedy)
-    done_id, _ = store.create(TWO, CaptionOptions())
+    job_id, _ = store.create(TWO, greedy).result()
+    done_id, _ = store.create(TWO, CaptionOptions()).result()
     store.finish(done_id, CAPTIONS).result()
     store.started(job_id).result()
     store.started(job_id).result()
@@ -89,16 +90,16 @@ def test_unfinished_jobs_keep_their_request_and_count_attempts(store: JobStore) 
 
 def test_a_refused_job_is_discarded_and_its_key_freed(store: JobStore) -> None:
     key = Idempotency("k", "f")
-    job_id, _ = store.create(TWO, CaptionOptions(), idempotency=key)
+    job_id, _ = store.create(TWO, CaptionOptions(), idempotency=key).result()
     store.discard(job_id).result()
     assert store.list_jobs() == []
-    assert store.create(TWO, CaptionOptions(), idempotency=key)[1]
+    assert store.create(TWO, CaptionOptions(), idempotency=key).result()[1]
 
 
 def test_a_store_survives_reopening(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
     first = open_store(url)
-    job_id, _ = first.create(TWO, CaptionOptions())
+    job_id, _ = first.create(TWO, CaptionOptions()).result()
     first.close()
     again = open_store(url)
     assert [request.job_id for request in again.unfinished()] == [job_id]
@@ -176,8 +177,8 @@ def test_a_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
 
 
 def test_image_bytes_are_kept_only_while_they_may_be_needed(store: JobStore, tmp_path: Path) -> None:
-    kept, _ = store.create(TWO, CaptionOptions())
-    left_to_the_broker, _ = store.create(TWO, CaptionOptions(), keep_images=False)
+    kept, _ = store.create(TWO, CaptionOptions()).result()
+    left_to_the_broker, _ = store.create(TWO, CaptionOptions(), keep_images=False).result()
     requests = {request.job_id: request for request in store.unfinished()}
     assert requests[kept].images == tuple(TWO)
     assert requests[left_to_the_broker].images is None
@@ -188,12 +189,12 @@ def test_image_bytes_are_kept_only_while_they_may_be_needed(store: JobStore, tmp
 
 def test_writes_from_many_threads_are_committed_together_and_fail_alone(store: JobStore) -> None:
     """Each create waits for its commit; a conflicting one fails without taking its group with it."""
-    first, _ = store.create(TWO, CaptionOptions(), idempotency=Idempotency("key", "fingerprint"))
+    first, _ = store.create(TWO, CaptionOptions(), idempotency=Idempotency("key", "fingerprint")).result()
 
     def create(index: int) -> str:
         fingerprint = "other" if index % 10 == 0 else "fingerprint"
         key = "key" if index % 5 == 0 else f"key-{index}"
-        return store.create(TWO, CaptionOptions(), idempotency=Idempotency(key, fingerprint))[0]
+        return store.create(TWO, CaptionOptions(), idempotency=Idempotency(key, fingerprint)).result()[0]
 
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(create, index) for index in range(100)]
