@@ -13,6 +13,7 @@ import pybase64
 from blipq.contract.errors import BlipqError, InputTooLarge, InvalidInput
 from blipq.contract.images import ImagePolicy, check_image
 from blipq.contract.messages import ImageInput
+from blipq.contract.requests import ImageSpec
 from blipq.contract.urls import ALLOWED_SCHEMES, is_url
 
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
@@ -53,6 +54,11 @@ def from_bytes(data: bytes, index: int, policy: ImagePolicy) -> ImageInput:
         exc.message = f"image {index}: {exc.message}"
         raise
     return ImageInput(data=data)
+
+
+def from_spec(spec: ImageSpec, index: int, policy: ImagePolicy) -> ImageInput:
+    """One image of a JSON request body (`POST /v1/jobs`, or a request message): base64 or a URL."""
+    return from_base64(spec.b64, index, policy) if spec.b64 is not None else from_url(spec.url or "", index)
 
 
 def from_url(url: str, index: int) -> ImageInput:

@@ -12,7 +12,7 @@ from blipq.contract.amqp import DELIVERY_LIMIT, CaptionReply, ReplyError, ReplyI
 from blipq.contract.errors import BlipqError, InvalidRequest
 from blipq.contract.framing import FRAMED_CONTENT_TYPE, read_framed_request
 from blipq.contract.images import ImagePolicy
-from blipq.contract.inputs import from_base64, from_bytes, from_url
+from blipq.contract.inputs import from_bytes, from_spec, from_url
 from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
 from blipq.contract.requests import ImageSpec, JobRequest
@@ -75,7 +75,7 @@ def _image_input(image: str | bytes | ImageSpec, index: int, policy: ImagePolicy
         return from_bytes(image, index, policy)
     if isinstance(image, str):
         return from_url(image, index)
-    return from_base64(image.b64, index, policy) if image.b64 is not None else from_url(image.url or "", index)
+    return from_spec(image, index, policy)
 
 
 def _reply_image(result: ImageResult) -> ReplyImage:

@@ -11,8 +11,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from blipq.contract.errors import ImageFailed, InputTooLarge, InvalidInput, InvalidOptions
-from blipq.contract.images import ImagePolicy
-from blipq.contract.inputs import check_count, from_base64, from_bytes, from_url
+from blipq.contract.inputs import check_count, from_base64, from_bytes, from_spec
 from blipq.contract.messages import ImageInput
 from blipq.contract.options import CaptionOptions
 from blipq.contract.requests import JobRequest
@@ -39,11 +38,7 @@ router = APIRouter(
 
 def _job_inputs(body: JobRequest, service: Service) -> list[ImageInput]:
     check_count(len(body.images), service.settings.max_images_per_job)
-    policy: ImagePolicy = service.image_policy
-    return [
-        from_base64(spec.b64, index, policy) if spec.b64 is not None else from_url(spec.url or "", index)
-        for index, spec in enumerate(body.images)
-    ]
+    return [from_spec(spec, index, service.image_policy) for index, spec in enumerate(body.images)]
 
 
 @router.post("/jobs", status_code=202, response_model=JobView)
