@@ -32,7 +32,6 @@ from blipq.contract.images import ImagePolicy
 from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
 from blipq.inference.captioning import caption_ready
-from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
 from blipq.inference.fetch import FetchPolicy, fetch_url
 from blipq.inference.metrics import InferenceMetrics
@@ -226,8 +225,7 @@ class Batcher:
         else:
             assert image.url is not None
             data = fetch_url(image.url, self.config.fetch)
-        reduce_to = self.engine.input_size if self.config.fast_decode else None
-        return self.engine.prepare(decode_image(data, self.config.policy, reduce_to=reduce_to))
+        return self.engine.prepare_file(data, self.config.policy, fast_decode=self.config.fast_decode)
 
     # -- model loop ----------------------------------------------------------------------------
 

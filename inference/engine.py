@@ -12,7 +12,9 @@ from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from blipq.contract.errors import BlipqError, InvalidOptions, ModelFailed, ModelUnavailable
+from blipq.contract.images import ImagePolicy
 from blipq.contract.options import CaptionOptions
+from blipq.inference.decode import decode_image
 from blipq.inference.device import resolve_device, resolve_dtype, use_torch_threads
 from blipq.inference.preprocess import preprocessing_for
 from blipq.inference.settings import InferenceSettings, VisionEngine
@@ -117,14 +119,15 @@ class CaptionEngine:
         """One decoded image (see `decode_image`) -> what `generate` takes for it. Thread-safe."""
         return self.preprocessing.prepare(image)
 
+    def prepare_file(self, data: bytes, policy: ImagePolicy, *, fast_decode: bool = False) -> torch.Tensor:
+        """An image file's bytes, decoded and prepared. `fast_decode`: a JPEG at least twice the model's input
+        is decoded at a reduced scale (see `decode_image`). Thread-safe."""
+        reduce_to = self.preprocessing.size if fast_decode else None
+        return self.prepare(decode_image(data, policy, reduce_to=reduce_to))
+
     def pixel_values(self, prepared: Sequence[torch.Tensor]) -> torch.Tensor:
         """Prepared images -> the vision encoder's input batch, on the model's device and in its dtype."""
         return self.preprocessing.pixel_values(prepared, self.device, self.dtype)
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """(width, height) of the model's input."""
-        return self.preprocessing.size
 
     def caption(self, images: Sequence[Image.Image], options: CaptionOptions) -> list[str]:
         """Caption decoded images in one batch."""

@@ -18,7 +18,6 @@ from blipq.contract.errors import BlipqError
 from blipq.contract.images import ImagePolicy
 from blipq.contract.options import CaptionOptions
 from blipq.inference.captioning import caption_prepared
-from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
 from blipq.inference.writers import CaptionRow
 
@@ -41,10 +40,9 @@ def caption_sources(
 ) -> Iterator[CaptionRow]:
     """Yield one row per source, in input order. `fast_decode`: large JPEGs decoded at a reduced scale."""
     engine.check_options(options)
-    reduce_to = engine.input_size if fast_decode else None
 
     def prepare(source: str) -> Tensor:
-        return engine.prepare(decode_image(read(source), policy, reduce_to=reduce_to))
+        return engine.prepare_file(read(source), policy, fast_decode=fast_decode)
 
     window = 2 * batch_size  # one batch on the model, one being decoded
     with ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="blipq-decode") as pool:

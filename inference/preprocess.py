@@ -26,8 +26,11 @@ log = logging.getLogger(__name__)
 
 
 class Preprocessing(Protocol):
-    #: (width, height) the image is resized to; JPEGs larger than twice this may be decoded reduced
-    size: tuple[int, int]
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) an image can be decoded down to (a JPEG decoded at a reduced scale stays at least this
+        large); None when the processor's output size is not known ahead."""
+        ...
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """One decoded image (RGB, no transparency) -> (3, H, W) on the CPU, ready for `pixel_values`."""
@@ -113,7 +116,10 @@ class ProcessorPreprocessing:
     def __init__(self, image_processor: Any) -> None:
         self.processor = image_processor
         size = image_processor.size
-        self.size = (_size_entry(size, "width") or 0, _size_entry(size, "height") or 0)
+        width, height, shortest = (_size_entry(size, name) for name in ("width", "height", "shortest_edge"))
+        self.size: tuple[int, int] | None = (width, height) if width and height else None
+        if self.size is None and shortest:
+            self.size = (shortest, shortest)  # the shorter side is resized to it: neither side may go below
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         pixels: torch.Tensor = self.processor(images=image, return_tensors="pt")["pixel_values"]

@@ -95,6 +95,7 @@ def test_settings_the_table_does_not_reproduce_go_through_the_processor(processo
     for unusual in (cropping, shortest_edge):
         fallback = preprocessing_for(unusual, CPU)
         assert isinstance(fallback, ProcessorPreprocessing)
+        assert fallback.size == (384, 384)  # how far a JPEG may be decoded reduced, never (0, 0)
         image = decode_image(sources()["rgb jpeg"])
         reference = unusual(images=image, return_tensors="pt")["pixel_values"]
         assert torch.equal(fallback.pixel_values([fallback.prepare(image)], CPU, torch.float32), reference)
