@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks.http_load import post_request, run_load
 from benchmarks.inputs import forced_length
@@ -121,27 +122,37 @@ def model_metrics(url: str) -> dict[str, float]:
     return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith(wanted)}
 
 
+def model_options(args: argparse.Namespace) -> list[str]:
+    """The flags every process running the model gets here."""
+    return ["--max-batch", str(args.batch), "--dtype", args.dtype, "--torch-threads", str(args.torch_threads)]
+
+
+def start_worker(args: argparse.Namespace, broker_url: str, log: Path, cpus: int | None, metrics_port: int) -> Any:
+    """A `blipq worker` on --device, pinned to `cpus`, serving its metrics on `metrics_port`."""
+    from tests.server import WorkerProcess
+
+    worker = WorkerProcess(args.model_dir, broker_url, log, *model_options(args), "--metrics-port", str(metrics_port))
+    worker.command = pinned(worker.command, cpus)
+    worker.command[worker.command.index("--device") + 1] = args.device
+    return worker.start()
+
+
 def served_row(args: argparse.Namespace, paths: list[Path], mode: str, cpus: int | None, scratch: Path) -> Row:
     """`blipq serve` (embedded, or with a worker and a broker) under the clients; `cpus` pins the model's process."""
     from tests.rabbitmq import RabbitNode
-    from tests.server import Server, WorkerProcess, free_port
+    from tests.server import Server, free_port
 
-    common = ["--max-batch", str(args.batch), "--dtype", args.dtype, "--torch-threads", str(args.torch_threads)]
     processes: dict[str, subprocess.Popen[bytes]] = {}
     node, worker, metrics_port = None, None, free_port()
     extra: list[str] = []
     if mode == "rabbitmq":
         node = RabbitNode(scratch / "rabbit").start()
         extra = ["--broker", node.url()]
-        worker = WorkerProcess(
-            args.model_dir, node.url(), scratch / "worker.log", *common, "--metrics-port", str(metrics_port)
-        )
-        worker.command = pinned(worker.command, cpus)
-        worker.command[worker.command.index("--device") + 1] = args.device
-        processes["worker"] = worker.start().process  # type: ignore[assignment]
+        worker = start_worker(args, node.url(), scratch / "worker.log", cpus, metrics_port)
+        processes["worker"] = worker.process
     # a slow model (BLIP base on a CPU) takes longer than blocking requests wait by default
     patient = {"BLIPQ_BLOCKING_TIMEOUT_S": "3600"}
-    server = Server(args.model_dir, scratch, *extra, *([] if mode == "rabbitmq" else common), env=patient)
+    server = Server(args.model_dir, scratch, *extra, *([] if mode == "rabbitmq" else model_options(args)), env=patient)
     server.command[server.command.index("--device") + 1] = args.device
     if mode == "embedded":
         server.command = pinned(server.command, cpus)
@@ -191,18 +202,14 @@ def worker_row(args: argparse.Namespace, paths: list[Path], cpus: int | None, sc
     from blipq.contract.messages import ImageInput
     from blipq.contract.options import CaptionOptions
     from tests.rabbitmq import RabbitNode
-    from tests.server import WorkerProcess, free_port, wait_until
+    from tests.server import free_port, wait_until
 
     length = forced_length(args.model_dir, args.tokens)
     options = CaptionOptions(num_beams=args.beams, max_length=length, min_length=length)
     bodies = [frame_request([ImageInput(data=path.read_bytes())], options) for path in paths]
     node = RabbitNode(scratch / "rabbit").start()
     port = free_port()
-    common = ["--max-batch", str(args.batch), "--dtype", args.dtype, "--torch-threads", str(args.torch_threads)]
-    worker = WorkerProcess(args.model_dir, node.url(), scratch / "worker.log", *common, "--metrics-port", str(port))
-    worker.command = pinned(worker.command, cpus)
-    worker.command[worker.command.index("--device") + 1] = args.device
-    worker.start()
+    worker = start_worker(args, node.url(), scratch / "worker.log", cpus, port)
     try:
         channel = pika.BlockingConnection(pika.URLParameters(node.url())).channel()
         replies = channel.queue_declare("", exclusive=True).method.queue
