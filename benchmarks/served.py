@@ -7,7 +7,8 @@ runs in processes of its own; rounds alternate the rows and the table gives the 
   engine     CaptionEngine through `blipq caption`'s pipeline in one process (decode threads, --batch)
   embedded   `blipq serve`; --concurrency clients each POST /v1/captions with one image, answered in turn
   rabbitmq   `blipq serve --broker` + `blipq worker` + a RabbitMQ node of its own, the same clients
-  worker     `blipq worker` alone, fed one-image framed messages published here, replies counted here
+  worker     `blipq worker` alone on a backlog: one-image framed messages queued while it is stopped, then
+             the clock runs from its resumption to the last reply (counted here)
 Scaling: engine, worker and embedded on 1 CPU and on --cpus (taskset). Fast decode: the engine row with
 `--fast-decode`, and the share of its captions equal to the full decode's. Every caption is forced to
 --tokens tokens. "model thread" is the CPU of the thread driving the model (Python, kernel launches);
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -195,7 +198,7 @@ def served_row(args: argparse.Namespace, paths: list[Path], mode: str, cpus: int
 
 
 def worker_row(args: argparse.Namespace, paths: list[Path], cpus: int | None, scratch: Path) -> Row:
-    """`blipq worker` fed straight from the queue: one-image framed messages, published here without waiting."""
+    """`blipq worker` fed straight from the queue: one-image framed messages waiting in it, replies counted here."""
     import pika
 
     from blipq.contract.framing import FRAMED_CONTENT_TYPE, frame_request
@@ -215,12 +218,19 @@ def worker_row(args: argparse.Namespace, paths: list[Path], cpus: int | None, sc
         replies = channel.queue_declare("", exclusive=True).method.queue
 
         def publish_and_collect(messages: list[bytes]) -> float:
+            # The queue is filled while the worker is stopped, and the clock runs from its resumption to the
+            # last reply: the worker's rate on a backlog, without this publisher's CPU competing for its cores.
+            assert worker.process is not None
+            os.kill(worker.process.pid, signal.SIGSTOP)
+            try:
+                for number, body in enumerate(messages):
+                    properties = pika.BasicProperties(
+                        content_type=FRAMED_CONTENT_TYPE, reply_to=replies, correlation_id=str(number)
+                    )
+                    channel.basic_publish("blipq", "caption", body, properties)
+            finally:
+                os.kill(worker.process.pid, signal.SIGCONT)
             started = time.perf_counter()
-            for number, body in enumerate(messages):
-                properties = pika.BasicProperties(
-                    content_type=FRAMED_CONTENT_TYPE, reply_to=replies, correlation_id=str(number)
-                )
-                channel.basic_publish("blipq", "caption", body, properties)
             for received, (_method, _properties, reply) in enumerate(
                 channel.consume(replies, auto_ack=True, inactivity_timeout=600), start=1
             ):
