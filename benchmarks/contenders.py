@@ -63,11 +63,14 @@ def run_reference(model_dir: Path, paths: list[Path], batch: int, dtype: str, de
     return Result(name, batch, len(blobs), time.perf_counter() - started, _peak_rss(), _gpu_peak(device), token_ids=ids)
 
 
-def engine_name(batch: int) -> str:
-    return f"engine-batch-{batch}" if VISION == "torch" else f"engine-{VISION}-batch-{batch}"
+def engine_name(batch: int, decoder: str = "blipq") -> str:
+    parts = ["engine", *([] if VISION == "torch" else [VISION]), *([] if decoder == "blipq" else [decoder])]
+    return "-".join([*parts, "batch", str(batch)])
 
 
-def run_engine(model_dir: Path, paths: list[Path], batch: int, dtype: str, device: str, tokens: int) -> Result:
+def run_engine(
+    model_dir: Path, paths: list[Path], batch: int, dtype: str, device: str, tokens: int, decoder: str = "blipq"
+) -> Result:
     from blipq.contract.images import ImagePolicy
     from blipq.contract.options import CaptionOptions
     from blipq.inference.engine import CaptionEngine
@@ -79,6 +82,7 @@ def run_engine(model_dir: Path, paths: list[Path], batch: int, dtype: str, devic
         dtype=dtype,
         vision_engine="tensorrt" if VISION == "tensorrt" else "torch",
         torch_threads=TORCH_THREADS,
+        decoder=decoder,  # type: ignore[arg-type]
     )
     if VISION == "exported":
         from blipq.engine_build.export import export_vision_encoder
@@ -103,8 +107,8 @@ def run_engine(model_dir: Path, paths: list[Path], batch: int, dtype: str, devic
         [engine.prepare(_decode(blobs[s])) for s in sources[start : start + batch]], options)]  # fmt: skip
     assert all(row.error is None for row in rows)
     calls = -(-len(paths) // batch)
-    return Result(engine_name(batch), batch, len(paths), seconds, _peak_rss(), _gpu_peak(device), token_ids=ids,
-                  mean_batch=len(paths) / calls)  # fmt: skip
+    return Result(engine_name(batch, decoder), batch, len(paths), seconds, _peak_rss(), _gpu_peak(device),
+                  token_ids=ids, mean_batch=len(paths) / calls)  # fmt: skip
 
 
 def run_http(model_dir: Path, paths: list[Path], batch: int, dtype: str, device: str, tokens: int) -> Result:
@@ -213,4 +217,9 @@ def configure(beams: int, concurrency: int, vision: str, torch_threads: int) -> 
     BEAMS, CONCURRENCY, VISION, TORCH_THREADS = beams, concurrency, vision, torch_threads
 
 
-CONTENDERS = {"reference": run_reference, "engine": run_engine, "http": run_http}
+CONTENDERS = {
+    "reference": run_reference,
+    "engine": run_engine,
+    "engine-transformers": partial(run_engine, decoder="transformers"),  # the engine with transformers' search
+    "http": run_http,
+}

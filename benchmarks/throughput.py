@@ -5,6 +5,8 @@ Contenders, each run in its own subprocess (so peak memory is its own), alternat
                       (what the original project did, with the model loaded once)
   reference-batch-N   the same, N images per generate call, --dtype
   engine-batch-N      blipq's CaptionEngine through its batching pipeline (decode on threads), --dtype
+  engine-transformers-batch-N   the same engine with transformers' `generate` as its decoder (--decoder
+                      transformers), at the largest of --engine-batches
   http                a real `blipq serve` (one worker, --max-batch) driven over HTTP by concurrent
                       clients; plus single-image latency when idle
 Weights: `blipq test-model --size base|large` (exact Salesforce shapes, random weights). Every
@@ -79,6 +81,7 @@ def main() -> None:
     plan = [("reference", 1, "fp32"), ("reference", args.reference_batch, args.dtype)]
     engine_batches = [int(b) for b in args.engine_batches.split(",")]
     plan += [("engine", b, args.dtype) for b in engine_batches]
+    plan += [("engine-transformers", max(engine_batches), args.dtype)]
     plan += [("http", max(engine_batches), args.dtype)]
     runs: dict[str, list[Result]] = {}
     for round_number in range(args.rounds):

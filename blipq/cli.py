@@ -21,6 +21,7 @@ from blipq.cli_options import (
     BatchWaitOpt,
     BrokerOpt,
     CheckpointsOpt,
+    DecoderOpt,
     DecodeThreadsOpt,
     DeviceOpt,
     DtypeOpt,
@@ -113,6 +114,7 @@ def caption(
     decode_threads: DecodeThreadsOpt = None,
     torch_threads: TorchThreadsOpt = None,
     fast_decode: FastDecodeOpt = None,
+    decoder: DecoderOpt = None,
 ) -> None:
     """Caption image files, folders and URLs; one output row per image (path, caption or error)."""
     from blipq.inference.sources import expand_inputs
@@ -129,6 +131,7 @@ def caption(
         decode_threads=decode_threads,
         torch_threads=torch_threads,
         fast_decode=fast_decode,
+        decoder=decoder,
     )
     try:
         options = CaptionOptions.build(
@@ -258,13 +261,14 @@ def serve(
     decode_threads: DecodeThreadsOpt = None,
     torch_threads: TorchThreadsOpt = None,
     fast_decode: FastDecodeOpt = None,
+    decoder: DecoderOpt = None,
 ) -> None:
     """Run the HTTP gateway: with --broker it publishes jobs to RabbitMQ for `blipq worker`s; without,
     the model runs in this process too (the embedded mode)."""
     gateway = _settings(GatewaySettings, host=host, port=port, store=store, broker_url=broker, gateway_id=gateway_id)
     inference = _model_settings(
         model, checkpoints_dir, device, dtype, max_batch, batch_wait_ms, vision_engine=vision_engine,
-        decode_threads=decode_threads, torch_threads=torch_threads, fast_decode=fast_decode,
+        decode_threads=decode_threads, torch_threads=torch_threads, fast_decode=fast_decode, decoder=decoder,
     )  # fmt: skip
     try:
         if gateway.broker_url is not None:
@@ -300,12 +304,13 @@ def worker(
     decode_threads: DecodeThreadsOpt = None,
     torch_threads: TorchThreadsOpt = None,
     fast_decode: FastDecodeOpt = None,
+    decoder: DecoderOpt = None,
 ) -> None:
     """Run one inference worker consuming jobs from RabbitMQ (one per GPU). SIGTERM answers what is in hand."""
     settings = _model_settings(
         model, checkpoints_dir, device, dtype, max_batch, batch_wait_ms, broker=broker, metrics_port=metrics_port,
         vision_engine=vision_engine, decode_threads=decode_threads, torch_threads=torch_threads,
-        fast_decode=fast_decode,
+        fast_decode=fast_decode, decoder=decoder,
     )  # fmt: skip
     if settings.broker_url is None:
         _fail("blipq worker consumes jobs from RabbitMQ: give --broker amqp://user:pass@host:5672/vhost", code=2)
@@ -331,12 +336,13 @@ def _model_settings(
     decode_threads: int | None = None,
     torch_threads: int | None = None,
     fast_decode: bool | None = None,
+    decoder: str | None = None,
 ) -> InferenceSettings:
     return _settings(
         InferenceSettings, model=model, checkpoints_dir=checkpoints_dir, device=device, dtype=dtype,
         max_batch=max_batch, batch_wait_ms=batch_wait_ms, broker_url=broker, metrics_port=metrics_port,
         vision_engine=vision_engine, decode_threads=decode_threads, torch_threads=torch_threads,
-        fast_decode=fast_decode,
+        fast_decode=fast_decode, decoder=decoder,
     )  # fmt: skip
 
 

@@ -60,6 +60,10 @@ TorchThreadsOpt = Annotated[
         InferenceSettings, "torch_threads", "--torch-threads", "torch's CPU threads; 0 = 1 beside a GPU, else all."
     ),
 ]
+DecoderOpt = Annotated[
+    str | None,
+    setting_option(InferenceSettings, "decoder", "--decoder", "blipq (its own search) or transformers (generate)."),
+]
 FastDecodeOpt = Annotated[
     bool | None,
     setting_option(

@@ -17,8 +17,10 @@ from blipq.contract.options import CaptionOptions
 from blipq.inference.decode import decode_image
 from blipq.inference.device import resolve_device, resolve_dtype, use_torch_threads
 from blipq.inference.preprocess import preprocessing_for
-from blipq.inference.settings import InferenceSettings, VisionEngine
+from blipq.inference.search import CohortSearch, SearchRequest, search_rules, step_together
+from blipq.inference.settings import Decoder, InferenceSettings, VisionEngine
 from blipq.inference.speedups import cache_keyword, prefilled_cache, use_sdpa_in_vision_encoder
+from blipq.inference.text_decoder import StaticTextDecoder
 from blipq.inference.vision import choose_vision_encoder
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class CaptionEngine:
         processor: BlipProcessor,
         device: torch.device,
         dtype: torch.dtype,
+        decoder: Decoder = "blipq",
     ) -> None:
         self.model = model.to(device=device, dtype=dtype).eval()
         use_sdpa_in_vision_encoder(self.model)
@@ -56,6 +59,13 @@ class CaptionEngine:
         self.generate_calls = 0  # model calls, split retries included
         self.vision_backend = "torch"
         self._vision_encoder: torch.nn.Module | None = None  # None: the model's own vision_model
+        self._search_rules = None
+        if decoder == "blipq":
+            self._search_rules, unhandled = search_rules(self.model)
+            if unhandled:
+                log.warning("the checkpoint's generation config sets %s: transformers generates", ", ".join(unhandled))
+        self.decoder: Decoder = "blipq" if self._search_rules is not None else "transformers"
+        self._text_decoder = StaticTextDecoder(self.model)
 
     @classmethod
     def load(
@@ -66,10 +76,11 @@ class CaptionEngine:
         dtype: str = "auto",
         vision_engine: VisionEngine = "torch",
         torch_threads: int = 0,
+        decoder: Decoder = "blipq",
     ) -> CaptionEngine:
         """Load a local checkpoint directory (see `resolve_checkpoint`) onto a device, with the vision encoder
-        `vision_engine` picks (`auto`: a matching TensorRT engine if there is one, else torch) and torch's CPU
-        threads set (`use_torch_threads`)."""
+        `vision_engine` picks (`auto`: a matching TensorRT engine if there is one, else torch), torch's CPU
+        threads set (`use_torch_threads`) and the `decoder` that searches captions."""
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         use_torch_threads(torch_threads, torch_device)
@@ -79,7 +90,7 @@ class CaptionEngine:
             processor = BlipProcessor.from_pretrained(checkpoint, backend="pil")
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(f"cannot load a BLIP checkpoint from {checkpoint}: {exc}") from None
-        engine = cls(model, processor, torch_device, torch_dtype)
+        engine = cls(model, processor, torch_device, torch_dtype, decoder)
         encoder = choose_vision_encoder(vision_engine, checkpoint, torch_device, torch_dtype)
         if encoder is not None:
             engine.use_vision_encoder(encoder, "tensorrt")
@@ -94,6 +105,7 @@ class CaptionEngine:
             dtype=settings.dtype,
             vision_engine=settings.vision_engine,
             torch_threads=settings.torch_threads,
+            decoder=settings.decoder,
         )
 
     def use_vision_encoder(self, encoder: torch.nn.Module, name: str) -> None:
@@ -140,39 +152,88 @@ class CaptionEngine:
     def generate(self, prepared: Sequence[torch.Tensor], options: CaptionOptions) -> list[list[int]]:
         """Token ids per prepared image (prompt included, up to and including the end token).
 
-        The same steps as `BlipForConditionalGeneration.generate`, with the vision encoder and
-        the image's cross-attention keys/values run once per image before beam search starts.
+        The same steps as `BlipForConditionalGeneration.generate`, with the vision encoder and the image's
+        cross-attention keys/values run once per image before the search (`blipq.inference.search` over
+        `StaticTextDecoder`, or transformers' own where `decoder` says so).
         """
+        if self._search_rules is not None:
+            run = self.start_search(prepared, options)
+            results: dict[int, list[int]] = {}
+            while True:
+                results.update(self.advance_search(run))
+                if run.done:
+                    return [results[image] for image in range(len(prepared))]
+                self.step_searches([run])
         self.check_options(options)
         self.generate_calls += 1
-        pixel_values = self.pixel_values(prepared)
-        batch = pixel_values.shape[0]
-        prompt_ids = self._prompt_ids(options.prompt)
-        text_config = self.model.config.text_config
-        # Like BLIP: the first token becomes the decoder start token, the prompt's closing [SEP] is dropped.
-        start_ids = [text_config.bos_token_id, *prompt_ids[1:-1]] if prompt_ids else [text_config.bos_token_id]
-        input_ids = torch.tensor([start_ids] * batch, dtype=torch.long, device=self.device)
+        start_ids = self._start_ids(options)
         with torch.inference_mode():
-            if self._vision_encoder is None:
-                image_embeds = self.model.vision_model(pixel_values=pixel_values)[0]
-            else:
-                image_embeds = self._vision_encoder(pixel_values)
-            output = self.model.text_decoder.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids) if prompt_ids else None,
-                encoder_hidden_states=image_embeds,
-                encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device),
-                eos_token_id=text_config.sep_token_id,
-                pad_token_id=text_config.pad_token_id,
-                num_beams=options.num_beams,
-                max_length=options.max_length,
-                min_length=options.min_length,
-                repetition_penalty=options.repetition_penalty,
-                do_sample=False,
-                **{self._cache_keyword: prefilled_cache(self.model, image_embeds, options.num_beams)},
-            )
+            image_embeds = self._image_embeds(prepared)
+            rows = self._transformers_generate(image_embeds, start_ids, bool(options.prompt), options).tolist()
         start = self.prompt_length(options.prompt)
-        return [self._trim(row, start) for row in output.tolist()]
+        return [self._trim(row, start) for row in rows]
+
+    def start_search(self, prepared: Sequence[torch.Tensor], options: CaptionOptions) -> CohortSearch:
+        """Run the vision encoder and the prompt for `prepared` images: a search that `advance_search` and
+        `step_searches` take on, alone or together with other searches started before or after it."""
+        if self._search_rules is None:
+            raise RuntimeError("this engine generates with transformers (see `decoder`)")
+        self.check_options(options)
+        self.generate_calls += 1
+        request = SearchRequest(options.num_beams, options.max_length, options.min_length, options.repetition_penalty)
+        with torch.inference_mode():
+            image_embeds = self._image_embeds(prepared)
+            return CohortSearch(self._text_decoder, image_embeds, self._start_ids(options), request, self._search_rules)
+
+    def advance_search(self, run: CohortSearch) -> dict[int, list[int]]:
+        """The images of `run` that finished with its last step, by their index in `start_search`'s batch,
+        with their token ids (as `generate` returns them)."""
+        with torch.inference_mode():
+            finished = run.advance()
+        start = run.prompt_length
+        return {image: self._trim(ids, start) for image, ids in finished.items()}
+
+    def step_searches(self, runs: Sequence[CohortSearch]) -> None:
+        """One decoder step for every run that is not done, in one pass."""
+        with torch.inference_mode():
+            step_together(self._text_decoder, list(runs))
+
+    def _start_ids(self, options: CaptionOptions) -> list[int]:
+        """Like BLIP: the prompt's first token becomes the decoder's start token, its closing [SEP] is dropped."""
+        prompt_ids = self._prompt_ids(options.prompt)
+        bos: int = self.model.config.text_config.bos_token_id
+        return [bos, *prompt_ids[1:-1]] if prompt_ids else [bos]
+
+    def _image_embeds(self, prepared: Sequence[torch.Tensor]) -> torch.Tensor:
+        pixel_values = self.pixel_values(prepared)
+        if self._vision_encoder is None:
+            embeds: torch.Tensor = self.model.vision_model(pixel_values=pixel_values)[0]
+            return embeds
+        encoded: torch.Tensor = self._vision_encoder(pixel_values)
+        return encoded
+
+    def _transformers_generate(
+        self, image_embeds: torch.Tensor, start_ids: list[int], prompted: bool, options: CaptionOptions
+    ) -> torch.Tensor:
+        """transformers' beam search or greedy search, with the image's cross-attention keys and values
+        computed once (see `prefilled_cache`)."""
+        text_config = self.model.config.text_config
+        input_ids = torch.tensor([start_ids] * image_embeds.shape[0], dtype=torch.long, device=self.device)
+        output: torch.Tensor = self.model.text_decoder.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids) if prompted else None,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device),
+            eos_token_id=text_config.sep_token_id,
+            pad_token_id=text_config.pad_token_id,
+            num_beams=options.num_beams,
+            max_length=options.max_length,
+            min_length=options.min_length,
+            repetition_penalty=options.repetition_penalty,
+            do_sample=False,
+            **{self._cache_keyword: prefilled_cache(self.model, image_embeds, options.num_beams)},
+        )
+        return output
 
     def generate_each(self, prepared: Sequence[torch.Tensor], options: CaptionOptions) -> list[list[int] | BlipqError]:
         """Like `generate`, but a failure costs only the image that causes it.

@@ -17,6 +17,8 @@ DEFAULT_MODEL = "Salesforce/blip-image-captioning-large"
 
 DType = Literal["auto", "fp32", "fp16", "bf16"]
 
+Decoder = Literal["blipq", "transformers"]
+
 
 class InferenceSettings(SharedSettings):
     model: str = Field(DEFAULT_MODEL, description="Local checkpoint directory or Hugging Face hub id.")
@@ -25,6 +27,11 @@ class InferenceSettings(SharedSettings):
     dtype: DType = Field("auto", description="auto = fp16 on GPU, fp32 on CPU.")
     vision_engine: VisionEngine = Field(
         "auto", description="auto (a TensorRT engine built for this GPU if there is one, else torch), torch, tensorrt."
+    )
+    decoder: Decoder = Field(
+        "blipq",
+        description="blipq: the engine's own greedy and beam search over fixed caches; transformers: its "
+        "`generate` (slower; the same captions in fp32).",
     )
     max_batch: int = Field(16, ge=1, le=1024, description="Images per model call.")
     batch_wait_ms: int = Field(10, ge=0, le=10_000, description="How long to wait for more images to fill a batch.")

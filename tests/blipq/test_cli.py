@@ -62,7 +62,7 @@ def test_csv_to_a_file_recursive_with_options(tiny_checkpoint: Path, photo_dir: 
     result = CliRunner().invoke(
         app,
         ["caption", "--model", str(tiny_checkpoint), "--recursive", "--format", "csv", "--out", str(out),
-         "--num-beams", "1", "--prompt", "", "--batch-size", "2", str(photo_dir)],
+         "--num-beams", "1", "--prompt", "", "--batch-size", "2", "--decoder", "transformers", str(photo_dir)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
@@ -163,10 +163,10 @@ def _help(command: str) -> str:
     ("command", "settings"),
     [
         ("serve", ["host", "port", "store", "broker_url", "gateway_id", "model", "checkpoints_dir", "device", "dtype",
-                   "vision_engine", "max_batch", "batch_wait_ms"]),
+                   "vision_engine", "max_batch", "batch_wait_ms", "decoder"]),
         ("worker", ["broker_url", "model", "checkpoints_dir", "device", "dtype", "vision_engine", "max_batch",
-                    "batch_wait_ms", "metrics_port"]),
-        ("caption", ["model", "checkpoints_dir", "device", "dtype", "max_batch", "vision_engine"]),
+                    "batch_wait_ms", "metrics_port", "decoder"]),
+        ("caption", ["model", "checkpoints_dir", "device", "dtype", "max_batch", "vision_engine", "decoder"]),
         ("download", ["checkpoints_dir"]),
     ],
 )  # fmt: skip
