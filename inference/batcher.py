@@ -1,10 +1,12 @@
 """The batcher: jobs in from any transport, one outcome per job out, images batched across jobs.
 
 An image is fetched and decoded as soon as it arrives, on a pool of threads, up to a window of `prefetch`
-images ahead of the model (decoding or decoded, not yet captioned). Whenever the model is free it takes
-the oldest decoded images that share one set of options, up to max_batch: batches are as full as the load
-allows, and the model never waits for one image to decode while others are ready. With fewer than
-max_batch ready, it waits up to batch_wait_ms for more (decoding, or still to arrive).
+images ahead of the model (decoding or decoded, not yet captioned). The model takes the oldest decoded
+images that share one set of options: with its own search (`--decoder blipq`) they join the searches
+already running at the next decoder step, up to max_batch images in flight, and each is answered when its
+own caption is done (`blipq.inference.continuous`); with transformers' search, as one batch once the
+previous batch is done. When idle and fewer than max_batch are ready, it waits up to batch_wait_ms for more
+(decoding, or still to arrive). The model never waits for one image to decode while others are ready.
 
 Three kinds of threads cooperate:
 - the feeder hands waiting images to the decode pool while the window has room, oldest job first, and
@@ -12,7 +14,8 @@ Three kinds of threads cooperate:
 - the decode pool, which also records images that fail to decode (they never reach the model);
 - the model loop, which captions batches. Whichever thread records a job's last result calls `on_done`.
 One bad image fails only itself: `CaptionEngine.generate_each` splits a batch the model fails on
-until the failing image is isolated (this is also how a CUDA out-of-memory error is absorbed).
+until the failing image is isolated (this is also how a CUDA out-of-memory error is absorbed; the running
+searches hand their images to it when a step fails).
 `stop` finishes every job already started and hands back the ones never started.
 """
 
@@ -32,6 +35,7 @@ from blipq.contract.images import ImagePolicy
 from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
 from blipq.inference.captioning import caption_ready
+from blipq.inference.continuous import RunningSearches
 from blipq.inference.engine import CaptionEngine
 from blipq.inference.fetch import FetchPolicy, fetch_url
 from blipq.inference.metrics import InferenceMetrics
@@ -230,35 +234,65 @@ class Batcher:
     # -- model loop ----------------------------------------------------------------------------
 
     def _run_model(self) -> None:
-        while (batch := self._next_batch()) is not None:
+        if self.engine.decoder == "blipq":
+            self._run_continuously()
+            return
+        while (batch := self._next_batch(self.config.max_batch, wait=True)) is not None:
             options = batch[0].slot.job.item.options
-            names = [f"image {ready.slot.index} of {ready.slot.job.item.key}" for ready in batch]
             started, cpu_started = time.perf_counter(), time.thread_time()
-            outcomes = caption_ready(self.engine, [ready.prepared for ready in batch], options, names)
-            self.metrics.model_seconds.observe(time.perf_counter() - started)
-            self.metrics.model_cpu_seconds.inc(time.thread_time() - cpu_started)
-            self.metrics.batch_size.observe(len(batch))
+            outcomes = caption_ready(self.engine, [ready.prepared for ready in batch], options, _names(batch))
+            self._measure(started, cpu_started, len(batch))
             for ready, outcome in zip(batch, outcomes, strict=True):
                 self._record(ready.slot, outcome)
 
-    def _next_batch(self) -> list[_Ready] | None:
-        """Up to max_batch decoded images sharing the oldest one's options; None once stopped and drained."""
+    def _run_continuously(self) -> None:
+        """Images join the running searches at every step while fewer than max_batch are in flight; each is
+        recorded as soon as its caption is done (`blipq.inference.continuous`)."""
+        running: RunningSearches[_Slot] = RunningSearches(self.engine)
+        while True:
+            room = self.config.max_batch - running.images
+            batch = self._next_batch(room, wait=running.images == 0)
+            if batch is None:
+                return
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            outcomes = []
+            if batch:
+                options = batch[0].slot.job.item.options
+                prepared, slots = [ready.prepared for ready in batch], [ready.slot for ready in batch]
+                outcomes += running.start(prepared, slots, options, _names(batch))
+            outcomes += running.step()
+            self._measure(started, cpu_started, len(batch) if batch else None)
+            for slot, outcome in outcomes:
+                self._record(slot, outcome)
+
+    def _measure(self, started: float, cpu_started: float, batch: int | None) -> None:
+        self.metrics.model_seconds.observe(time.perf_counter() - started)
+        self.metrics.model_cpu_seconds.inc(time.thread_time() - cpu_started)
+        if batch is not None:
+            self.metrics.batch_size.observe(batch)
+
+    def _next_batch(self, room: int, *, wait: bool) -> list[_Ready] | None:
+        """Up to `room` decoded images sharing the oldest one's options. `wait`: block until there are some
+        (waiting up to batch_wait_ms for more, up to max_batch); otherwise take what is ready now, if any.
+        None once stopped and drained (only when `wait`)."""
         config = self.config
         with self._changed:
+            if not wait and (room <= 0 or not self._ready):
+                return []
             while not self._ready:
                 if self._fed_all and not self._decoding:
                     return None
                 self._changed.wait()
             options = min(self._ready, key=lambda ready: ready.slot.order).slot.job.item.options
             deadline = time.monotonic() + config.batch_wait_ms / 1000
-            while self._count_ready(options) < config.max_batch and not self._stopping:
+            while wait and self._count_ready(options) < room and not self._stopping:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._changed.wait(left):
                     break
             matching = sorted(
                 (ready for ready in self._ready if ready.slot.job.item.options == options),
                 key=lambda ready: ready.slot.order,
-            )[: config.max_batch]
+            )[:room]
             taken = {id(ready) for ready in matching}
             self._ready = [ready for ready in self._ready if id(ready) not in taken]
             self._changed.notify_all()  # room in the window: the feeder hands over more
@@ -289,3 +323,8 @@ class Batcher:
             callback(*args)
         except Exception:
             log.exception("a %s callback failed", getattr(callback, "__name__", "batcher"))
+
+
+def _names(batch: Sequence[_Ready]) -> list[str]:
+    """How the log names each image of a batch."""
+    return [f"image {ready.slot.index} of {ready.slot.job.item.key}" for ready in batch]

@@ -15,6 +15,7 @@ from blipq.inference.batcher import Batcher, BatcherConfig, WorkItem
 from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
 from blipq.inference.fetch import FetchPolicy
+from blipq.inference.search import CohortSearch
 from tests.helpers import encode, noise, pictures
 
 
@@ -136,16 +137,16 @@ def test_a_bad_image_fails_alone(
 def test_out_of_memory_splits_the_batch(
     make_batcher: BatcherFactory, outcomes: Outcomes, engine: CaptionEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_generate = engine.generate
+    real_start = engine.start_search
     sizes: list[int] = []
 
-    def small_gpu(prepared: list[torch.Tensor], options: CaptionOptions) -> list[list[int]]:
+    def small_gpu(prepared: list[torch.Tensor], options: CaptionOptions) -> CohortSearch:
         sizes.append(len(prepared))
         if len(prepared) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated: more than 2 images)")
-        return real_generate(prepared, options)
+        return real_start(prepared, options)
 
-    monkeypatch.setattr(engine, "generate", small_gpu)
+    monkeypatch.setattr(engine, "start_search", small_gpu)
     data = pictures(6)
     # a long batch wait: the model takes all six together, however long they take to decode
     batcher = make_batcher(BatcherConfig(max_batch=8, batch_wait_ms=5000))
@@ -154,6 +155,53 @@ def test_out_of_memory_splits_the_batch(
     monkeypatch.undo()
     assert captions(results) == engine.caption([decode_image(item) for item in data], CaptionOptions())
     assert sizes == [6, 3, 1, 2, 3, 1, 2]  # halves, then halves of the halves, until they fit
+
+
+def test_a_step_that_fails_hands_the_images_in_flight_to_batches(
+    make_batcher: BatcherFactory, outcomes: Outcomes, engine: CaptionEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_step = engine.step_searches
+    steps: list[int] = []
+
+    def failing_once(runs: Sequence[CohortSearch]) -> None:
+        steps.append(len(runs))
+        if len(steps) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated: the third step)")
+        real_step(runs)
+
+    real_generate = engine.generate
+    batches: list[int] = []
+
+    def generate(prepared: list[torch.Tensor], options: CaptionOptions) -> list[list[int]]:
+        batches.append(len(prepared))
+        return real_generate(prepared, options)
+
+    monkeypatch.setattr(engine, "step_searches", failing_once)
+    monkeypatch.setattr(engine, "generate", generate)
+    data = pictures(4)
+    batcher = make_batcher(BatcherConfig(max_batch=8, batch_wait_ms=5000))
+    batcher.submit(job("four", data))
+    (results,) = outcomes.wait(["four"])
+    monkeypatch.undo()
+    assert batches == [4]  # after the failure the four images were captioned again, in one batch
+    assert captions(results) == engine.caption([decode_image(item) for item in data], CaptionOptions())
+
+
+def test_an_image_that_arrives_while_a_long_search_runs_joins_it_and_is_answered_first(
+    make_batcher: BatcherFactory, outcomes: Outcomes, engine: CaptionEngine
+) -> None:
+    data = pictures(5)
+    long = CaptionOptions(max_length=200, min_length=200)
+    short = CaptionOptions(num_beams=1, max_length=8, min_length=8)
+    batcher = make_batcher(BatcherConfig(max_batch=8, batch_wait_ms=0))
+    batcher.submit(job("long", data[:4], long))
+    while not outcomes.started:
+        threading.Event().wait(0.005)
+    batcher.submit(job("short", data[4:], short))
+    long_results, short_results = outcomes.wait(["long", "short"])
+    assert list(outcomes.done) == ["short", "long"]  # the short job did not wait for the long one's batch
+    assert captions(short_results) == engine.caption([decode_image(data[4])], short)
+    assert captions(long_results) == engine.caption([decode_image(item) for item in data[:4]], long)
 
 
 def test_stop_finishes_the_jobs_started_and_hands_back_the_others(
