@@ -111,6 +111,7 @@ class _Slot:
 class _Ready:
     slot: _Slot
     prepared: Tensor
+    at: float = field(default_factory=time.monotonic)  # when it was decoded
 
 
 class Batcher:
@@ -277,7 +278,7 @@ class Batcher:
         None once stopped and drained (only when `wait`)."""
         config = self.config
         with self._changed:
-            if not wait and (room <= 0 or not self._ready):
+            if not wait and not self._worth_a_cohort(room):
                 return []
             while not self._ready:
                 if self._fed_all and not self._decoding:
@@ -297,6 +298,16 @@ class Batcher:
             self._ready = [ready for ready in self._ready if id(ready) not in taken]
             self._changed.notify_all()  # room in the window: the feeder hands over more
             return matching
+
+    def _worth_a_cohort(self, room: int) -> bool:
+        """While searches run, new images join as a cohort of their own, and every cohort costs each step its
+        own attention calls: they join once they fill the room, or once the oldest has waited batch_wait_ms
+        (images trickling in one by one would otherwise each start a cohort)."""
+        if room <= 0 or not self._ready:
+            return False
+        oldest = min(self._ready, key=lambda ready: ready.slot.order)
+        waited = time.monotonic() - oldest.at >= self.config.batch_wait_ms / 1000
+        return waited or self._count_ready(oldest.slot.job.item.options) >= room
 
     def _count_ready(self, options: CaptionOptions) -> int:
         return sum(1 for ready in self._ready if ready.slot.job.item.options == options)
