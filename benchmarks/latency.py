@@ -44,7 +44,7 @@ def measure(model_dir: Path, blobs: list[bytes], decoder: str, args: argparse.Na
             done[item.key] = time.perf_counter()
             changed.notify_all()
 
-    batcher = Batcher(engine, BatcherConfig(max_batch=args.batch + 1), on_start=on_start,
+    batcher = Batcher(engine, BatcherConfig(max_batch=2 * args.batch), on_start=on_start,
                       on_done=on_done)  # fmt: skip
     batcher.start()
 
