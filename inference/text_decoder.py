@@ -104,7 +104,7 @@ class StaticTextDecoder:
 
     def _forward(self, cohorts: list[Cohort], tokens: torch.Tensor, causal: bool) -> list[torch.Tensor]:
         count = tokens.shape[1]
-        sizes = [cohort.keys[0].shape[0] for cohort in cohorts]
+        sizes = [cohort.rows for cohort in cohorts]
         positions = torch.cat(
             [torch.arange(cohort.length, cohort.length + count, device=tokens.device).expand(size, count)
              for cohort, size in zip(cohorts, sizes, strict=True)]
@@ -146,7 +146,7 @@ class StaticTextDecoder:
         queries = torch.split(self._split_heads(cross.query(attended)), sizes)  # rows x heads x count x size
         contexts = []
         for cohort, query in zip(cohorts, queries, strict=True):
-            images, per_image = cohort.cross_keys[index].shape[0], query.shape[0] // cohort.cross_keys[index].shape[0]
+            images, per_image = cohort.cross_keys[index].shape[0], cohort.beams
             grouped = query.view(images, per_image, self._heads, count, self._head_size).transpose(1, 2)
             grouped = grouped.reshape(images, self._heads, per_image * count, self._head_size)
             context = self._attend(grouped, cohort.cross_keys[index], cohort.cross_values[index], None)

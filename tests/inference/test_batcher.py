@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,7 +16,6 @@ from blipq.inference.batcher import Batcher, BatcherConfig, WorkItem
 from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
 from blipq.inference.fetch import FetchPolicy
-from blipq.inference.search import CohortSearch
 from tests.helpers import encode, noise, pictures
 
 
@@ -45,6 +45,10 @@ class Outcomes:
 BatcherFactory = Callable[[BatcherConfig], Batcher]
 
 
+def _never(call: int, size: int) -> bool:
+    return False
+
+
 @pytest.fixture
 def outcomes() -> Outcomes:
     return Outcomes()
@@ -69,6 +73,24 @@ def make_batcher(engine: CaptionEngine, outcomes: Outcomes) -> Iterator[BatcherF
 def job(key: str, images: Sequence[bytes | str], options: CaptionOptions | None = None) -> WorkItem:
     inputs = [ImageInput(url=image) if isinstance(image, str) else ImageInput(data=image) for image in images]
     return WorkItem(key, inputs, options or CaptionOptions())
+
+
+def record_calls(
+    monkeypatch: pytest.MonkeyPatch, engine: CaptionEngine, method: str, fails: Callable[[int, int], bool] = _never
+) -> list[int]:
+    """Wrap one of the engine's methods that takes a sequence first: the sizes of its calls, in order. A call
+    for which `fails(call number, size)` is true raises CUDA's out-of-memory error instead (simulated)."""
+    real = getattr(engine, method)
+    sizes: list[int] = []
+
+    def recorded(items: Sequence[object], *args: Any) -> Any:
+        sizes.append(len(items))
+        if fails(len(sizes), len(items)):
+            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated: call {len(sizes)} of {method})")
+        return real(items, *args)
+
+    monkeypatch.setattr(engine, method, recorded)
+    return sizes
 
 
 def captions(results: list[ImageResult]) -> list[str | None]:
@@ -137,16 +159,8 @@ def test_a_bad_image_fails_alone(
 def test_out_of_memory_splits_the_batch(
     make_batcher: BatcherFactory, outcomes: Outcomes, engine: CaptionEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_start = engine.start_search
-    sizes: list[int] = []
-
-    def small_gpu(prepared: list[torch.Tensor], options: CaptionOptions) -> CohortSearch:
-        sizes.append(len(prepared))
-        if len(prepared) > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated: more than 2 images)")
-        return real_start(prepared, options)
-
-    monkeypatch.setattr(engine, "start_search", small_gpu)
+    # a small GPU: more than 2 images are out of memory
+    sizes = record_calls(monkeypatch, engine, "start_search", fails=lambda _, size: size > 2)
     data = pictures(6)
     # a long batch wait: the model takes all six together, however long they take to decode
     batcher = make_batcher(BatcherConfig(max_batch=8, batch_wait_ms=5000))
@@ -160,24 +174,8 @@ def test_out_of_memory_splits_the_batch(
 def test_a_step_that_fails_hands_the_images_in_flight_to_batches(
     make_batcher: BatcherFactory, outcomes: Outcomes, engine: CaptionEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_step = engine.step_searches
-    steps: list[int] = []
-
-    def failing_once(runs: Sequence[CohortSearch]) -> None:
-        steps.append(len(runs))
-        if len(steps) == 3:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated: the third step)")
-        real_step(runs)
-
-    real_generate = engine.generate
-    batches: list[int] = []
-
-    def generate(prepared: list[torch.Tensor], options: CaptionOptions) -> list[list[int]]:
-        batches.append(len(prepared))
-        return real_generate(prepared, options)
-
-    monkeypatch.setattr(engine, "step_searches", failing_once)
-    monkeypatch.setattr(engine, "generate", generate)
+    record_calls(monkeypatch, engine, "step_searches", fails=lambda call, _: call == 3)  # the third step
+    batches = record_calls(monkeypatch, engine, "generate")
     data = pictures(4)
     batcher = make_batcher(BatcherConfig(max_batch=8, batch_wait_ms=5000))
     batcher.submit(job("four", data))
