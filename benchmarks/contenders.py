@@ -69,7 +69,14 @@ def engine_name(batch: int, decoder: str = "blipq") -> str:
 
 
 def run_engine(
-    model_dir: Path, paths: list[Path], batch: int, dtype: str, device: str, tokens: int, decoder: str = "blipq"
+    model_dir: Path,
+    paths: list[Path],
+    batch: int,
+    dtype: str,
+    device: str,
+    tokens: int,
+    decoder: str = "blipq",
+    fixed_slots: bool | None = None,
 ) -> Result:
     from blipq.contract.images import ImagePolicy
     from blipq.contract.options import CaptionOptions
@@ -83,6 +90,7 @@ def run_engine(
         vision_engine="tensorrt" if VISION == "tensorrt" else "torch",
         torch_threads=TORCH_THREADS,
         decoder=decoder,  # type: ignore[arg-type]
+        fixed_slots=fixed_slots,
     )
     if VISION == "exported":
         from blipq.engine_build.export import export_vision_encoder
@@ -107,7 +115,8 @@ def run_engine(
         [engine.prepare(_decode(blobs[s])) for s in sources[start : start + batch]], options)]  # fmt: skip
     assert all(row.error is None for row in rows)
     calls = -(-len(paths) // batch)
-    return Result(engine_name(batch, decoder), batch, len(paths), seconds, _peak_rss(), _gpu_peak(device),
+    label = decoder if fixed_slots is None else "eager-steps"
+    return Result(engine_name(batch, label), batch, len(paths), seconds, _peak_rss(), _gpu_peak(device),
                   token_ids=ids, mean_batch=len(paths) / calls)  # fmt: skip
 
 
@@ -221,5 +230,6 @@ CONTENDERS = {
     "reference": run_reference,
     "engine": run_engine,
     "engine-transformers": partial(run_engine, decoder="transformers"),  # the engine with transformers' search
+    "engine-eager-steps": partial(run_engine, fixed_slots=False),  # on CUDA: the decoder's steps without graphs
     "http": run_http,
 }

@@ -7,6 +7,8 @@ Contenders, each run in its own subprocess (so peak memory is its own), alternat
   engine-batch-N      blipq's CaptionEngine through its batching pipeline (decode on threads), --dtype
   engine-transformers-batch-N   the same engine with transformers' `generate` as its decoder (--decoder
                       transformers), at the largest of --engine-batches
+  engine-eager-steps-batch-N   on CUDA only: the engine with its decoder's steps launched eagerly, not
+                      replayed as CUDA graphs (the CPU's layout), at the largest of --engine-batches
   http                a real `blipq serve` (one worker, --max-batch) driven over HTTP by concurrent
                       clients; plus single-image latency when idle
 Weights: `blipq test-model --size base|large` (exact Salesforce shapes, random weights). Every
@@ -82,6 +84,8 @@ def main() -> None:
     engine_batches = [int(b) for b in args.engine_batches.split(",")]
     plan += [("engine", b, args.dtype) for b in engine_batches]
     plan += [("engine-transformers", max(engine_batches), args.dtype)]
+    if args.device.startswith("cuda"):  # elsewhere the engine's steps are these already
+        plan += [("engine-eager-steps", max(engine_batches), args.dtype)]
     plan += [("http", max(engine_batches), args.dtype)]
     runs: dict[str, list[Result]] = {}
     for round_number in range(args.rounds):

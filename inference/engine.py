@@ -16,6 +16,7 @@ from blipq.contract.images import ImagePolicy
 from blipq.contract.options import CaptionOptions
 from blipq.inference.decode import decode_image
 from blipq.inference.device import resolve_device, resolve_dtype, use_torch_threads
+from blipq.inference.fixed_slots import FixedSlotDecoder
 from blipq.inference.preprocess import preprocessing_for
 from blipq.inference.search import CohortSearch, SearchRequest, search_rules, step_together
 from blipq.inference.settings import Decoder, InferenceSettings, VisionEngine
@@ -42,6 +43,7 @@ class CaptionEngine:
         device: torch.device,
         dtype: torch.dtype,
         decoder: Decoder = "blipq",
+        fixed_slots: bool | None = None,
     ) -> None:
         self.model = model.to(device=device, dtype=dtype).eval()
         use_sdpa_in_vision_encoder(self.model)
@@ -65,7 +67,14 @@ class CaptionEngine:
             if unhandled:
                 log.warning("the checkpoint's generation config sets %s: transformers generates", ", ".join(unhandled))
         self.decoder: Decoder = "blipq" if self._search_rules is not None else "transformers"
-        self._text_decoder = StaticTextDecoder(self.model)
+        # On CUDA the decoder's steps run on fixed shapes, each captured once as a CUDA graph; on the CPU the
+        # cohorts' steps run together eagerly (`fixed_slots` chooses either way, graphs only on CUDA).
+        on_cuda = device.type == "cuda"
+        self._text_decoder = (
+            FixedSlotDecoder(self.model, graphs=on_cuda)
+            if (on_cuda if fixed_slots is None else fixed_slots)
+            else StaticTextDecoder(self.model)
+        )
 
     @classmethod
     def load(
@@ -77,10 +86,12 @@ class CaptionEngine:
         vision_engine: VisionEngine = "torch",
         torch_threads: int = 0,
         decoder: Decoder = "blipq",
+        fixed_slots: bool | None = None,
     ) -> CaptionEngine:
         """Load a local checkpoint directory (see `resolve_checkpoint`) onto a device, with the vision encoder
         `vision_engine` picks (`auto`: a matching TensorRT engine if there is one, else torch), torch's CPU
-        threads set (`use_torch_threads`) and the `decoder` that searches captions."""
+        threads set (`use_torch_threads`), the `decoder` that searches captions and its layout (`fixed_slots`:
+        fixed-shape steps, CUDA graphs on CUDA; by default on CUDA only)."""
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         use_torch_threads(torch_threads, torch_device)
@@ -90,7 +101,7 @@ class CaptionEngine:
             processor = BlipProcessor.from_pretrained(checkpoint, backend="pil")
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(f"cannot load a BLIP checkpoint from {checkpoint}: {exc}") from None
-        engine = cls(model, processor, torch_device, torch_dtype, decoder)
+        engine = cls(model, processor, torch_device, torch_dtype, decoder, fixed_slots)
         encoder = choose_vision_encoder(vision_engine, checkpoint, torch_device, torch_dtype)
         if encoder is not None:
             engine.use_vision_encoder(encoder, "tensorrt")

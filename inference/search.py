@@ -102,6 +102,7 @@ class CohortSearch:
         results = {starting[index]: self.state.result(index).tolist() for index in finished}
         if len(finished) == len(starting):
             self.done = True
+            self.decoder.release(self.cohort)
         else:
             kept = (~done).nonzero().view(-1)
             self.state.keep(kept)

@@ -64,15 +64,7 @@ class StaticTextDecoder:
         vocabulary, float32). The prompt runs once per image and its keys, values and logits are copied to
         every beam: before the first step all beams of an image are the same sequence."""
         images, prompt_length = image_embeds.shape[0], prompt.shape[1]
-        cohort = Cohort(beams)
-        for layer in self._layers:
-            attention = layer.crossattention.self
-            # Contiguous once, so that no step copies them to batch the product over images and heads.
-            cohort.cross_keys.append(self._split_heads(attention.key(image_embeds)).contiguous())
-            cohort.cross_values.append(self._split_heads(attention.value(image_embeds)).contiguous())
-        slots = (images * beams, self._heads, max_length, self._head_size)
-        cohort.keys = [image_embeds.new_empty(slots) for _ in self._layers]
-        cohort.values = [image_embeds.new_empty(slots) for _ in self._layers]
+        cohort = self._new_cohort(image_embeds, beams, max_length)
         # The prompt runs in the first beam's rows (views into the cohort's slots).
         first_beams = [keys[::beams] for keys in cohort.keys], [values[::beams] for values in cohort.values]
         prompt_view = Cohort(1, *first_beams, cohort.cross_keys, cohort.cross_values)
@@ -82,6 +74,31 @@ class StaticTextDecoder:
             values[:, :, :prompt_length] = values[::beams, :, :prompt_length].repeat_interleave(beams, dim=0)
         cohort.length = prompt_length
         return cohort, logits.repeat_interleave(beams, dim=0) if beams > 1 else logits
+
+    def _new_cohort(self, image_embeds: torch.Tensor, beams: int, max_length: int) -> Cohort:
+        """A cohort with the images' cross-attention keys and values and empty self-attention slots."""
+        cohort = Cohort(beams)
+        for keys, values in self._cross_keys_values(image_embeds):
+            # Contiguous once, so that no step copies them to batch the product over images and heads.
+            cohort.cross_keys.append(keys.contiguous())
+            cohort.cross_values.append(values.contiguous())
+        slots = (image_embeds.shape[0] * beams, self._heads, max_length, self._head_size)
+        cohort.keys = [image_embeds.new_empty(slots) for _ in self._layers]
+        cohort.values = [image_embeds.new_empty(slots) for _ in self._layers]
+        return cohort
+
+    def _cross_keys_values(self, image_embeds: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the images' cross-attention keys and values (images x heads x patches x size)."""
+        projected = []
+        for layer in self._layers:
+            attention = layer.crossattention.self
+            projected.append(
+                (self._split_heads(attention.key(image_embeds)), self._split_heads(attention.value(image_embeds)))
+            )
+        return projected
+
+    def release(self, cohort: Cohort) -> None:
+        """The cohort's search is done: its slots may serve another cohort (here they are simply dropped)."""
 
     def step(self, cohorts: list[Cohort], tokens: list[torch.Tensor]) -> list[torch.Tensor]:
         """Feed each cohort one token per row (rows,) at its next position; next-token logits per cohort."""

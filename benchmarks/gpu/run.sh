@@ -3,8 +3,8 @@
 #
 # It installs the wheels benchmarks/gpu/wheels.sh put into .whl (the machine's image has torch and
 # transformers, not FastAPI, pydantic or the RabbitMQ clients), runs the CUDA tests, then the served-against-
-# engine table (BLIP large shapes, fp16, 512 one-image requests), the throughput table (both decoders) and the
-# latency of an image arriving while a batch of 64 runs, and writes them
+# engine table (BLIP large shapes, fp16, 512 one-image requests), the throughput table (both decoders, and
+# the decoder's steps without CUDA graphs) and the latency of an image arriving while a batch of 64 runs, and writes them
 # into docs/benchmarks/ and, through the device tool, into $OUT. The RabbitMQ rows run only where a
 # rabbitmq-server is found (the lent machines have none). From this machine:
 #
@@ -40,11 +40,11 @@ step() {  # step SECONDS NAME COMMAND...: run it with a time limit, say how it w
     python3 -c "import sys, torch, transformers; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
     nproc
     step 80 "checkpoint" python3 -c "from benchmarks.inputs import checkpoint, make_inputs; checkpoint('$size'); make_inputs(48)"
-    step 130 "GPU tests" python3 -m pytest -q -p no:cacheprovider -x --timeout 140 \
+    step 120 "GPU tests" python3 -m pytest -q -p no:cacheprovider -x --timeout 120 \
         tests/inference/test_cuda.py tests/inference/test_preprocess.py tests/engine_build/test_tensorrt_gpu.py
-    step 120 "served against the engine" python3 -m benchmarks.throughput --served --size "$size" --device "$device" \
+    step 110 "served against the engine" python3 -m benchmarks.throughput --served --size "$size" --device "$device" \
         --dtype "$dtype" --images "$images" --batch 64 --concurrency 128 --rounds 1 --no-scaling
-    step 100 "throughput" python3 -m benchmarks.throughput --size "$size" --device "$device" --dtype "$dtype" \
+    step 120 "throughput" python3 -m benchmarks.throughput --size "$size" --device "$device" --dtype "$dtype" \
         --images 64 --engine-batches 64 --reference-batch 8 --concurrency 64 --rounds 1
     step 50 "latency" python3 -m benchmarks.latency --size "$size" --device "$device" --dtype "$dtype" --batch 64 \
         --late-ms 300

@@ -1,9 +1,10 @@
 """The engine's guarantees on a CUDA GPU; skipped everywhere else (never in CI, which has no GPU).
 
-In fp32 the captions are token-exact against transformers' reference `generate` on the GPU too, and
-batching changes no caption; the exported vision encoder (what a TensorRT build starts from) gives the
-eager encoder's output in fp16. In fp16 a caption can depend on the batch it ran in (cuBLAS picks
-kernels by shape; seen on an H200: 1 of 12 images with BLIP-base shapes), so that is not asserted.
+In fp32 the captions are token-exact against transformers' reference `generate` on the GPU too (the decoder's
+steps there are CUDA graphs), and batching changes no caption; the exported vision encoder (what a TensorRT
+build starts from) gives the eager encoder's output in fp16. In fp16 a caption can depend on the batch it ran
+in (cuBLAS picks kernels by shape; seen on an H200: 1 of 12 images with BLIP-base shapes), so that is not
+asserted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from blipq.contract.options import CaptionOptions
 from blipq.engine_build.export import export_vision_encoder, load_program, save_program
 from blipq.engine_build.synthetic import write_test_checkpoint
 from blipq.inference.engine import CaptionEngine
+from blipq.inference.fixed_slots import FixedSlotDecoder
 from tests.helpers import varied_images
 from tests.inference.test_engine import OPTION_SETS, decoded_inputs, reference_ids
 
@@ -55,6 +57,20 @@ def test_in_fp32_a_batch_captions_each_image_as_it_would_alone_on_the_gpu(checkp
     images = varied_images() + decoded_inputs()
     batched = engine.caption(images, CaptionOptions())
     assert batched == [engine.caption([image], CaptionOptions())[0] for image in images]
+
+
+def test_on_cuda_each_decoder_step_shape_is_a_cuda_graph_and_changes_no_caption(checkpoint: Path) -> None:
+    engine = CaptionEngine.load(checkpoint, device="cuda", dtype="fp32")
+    decoder = engine._text_decoder
+    assert isinstance(decoder, FixedSlotDecoder)
+    eager = CaptionEngine(engine.model, engine.processor, engine.device, engine.dtype, fixed_slots=False)
+    prepared = [engine.prepare(image) for image in varied_images() + decoded_inputs()]
+    for options in OPTION_SETS:
+        assert engine.generate(prepared, options) == eager.generate(prepared, options)
+        assert engine.generate(prepared[:3], options) == eager.generate(prepared[:3], options)
+    idle = [slots for sets in decoder._idle.values() for slots in sets]
+    assert idle
+    assert all(slots.graph is not None for slots in idle)
 
 
 def test_the_exported_encoder_gives_the_eager_output_in_fp16(checkpoint: Path, tmp_path: Path) -> None:

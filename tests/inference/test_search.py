@@ -17,17 +17,23 @@ import torch
 
 from blipq.contract.options import CaptionOptions
 from blipq.inference.engine import CaptionEngine
+from blipq.inference.fixed_slots import FixedSlotDecoder
 from blipq.inference.search import CohortSearch, search_rules
 from tests.helpers import varied_images
 from tests.inference.test_engine import OPTION_SETS, decoded_inputs, reference_ids
 
 
-@pytest.fixture(scope="module")
-def engines(tiny_checkpoint: Path) -> Iterator[tuple[CaptionEngine, CaptionEngine]]:
-    """(blipq's search, transformers' generate) on one model instance: a generation-config change reaches both."""
-    ours = CaptionEngine.load(tiny_checkpoint, device="cpu", dtype="fp32")
+@pytest.fixture(scope="module", params=["cohorts stepped together", "fixed slots"])
+def engines(tiny_checkpoint: Path, request: pytest.FixtureRequest) -> Iterator[tuple[CaptionEngine, CaptionEngine]]:
+    """(blipq's search, transformers' generate) on one model instance: a generation-config change reaches both.
+    blipq's decoder in either layout: the CPU's (cohorts' steps together) or CUDA's (fixed-shape steps, run
+    eagerly here; on CUDA each shape's step is a CUDA graph, see test_cuda.py)."""
+    loaded = CaptionEngine.load(tiny_checkpoint, device="cpu", dtype="fp32")
     with torch.no_grad():
-        ours.model.text_decoder.cls.predictions.decoder.bias[ours.model.config.text_config.sep_token_id] += 2.5
+        loaded.model.text_decoder.cls.predictions.decoder.bias[loaded.model.config.text_config.sep_token_id] += 2.5
+    fixed = request.param == "fixed slots"
+    ours = CaptionEngine(loaded.model, loaded.processor, loaded.device, loaded.dtype, fixed_slots=fixed)
+    assert isinstance(ours._text_decoder, FixedSlotDecoder) == fixed
     theirs = CaptionEngine(ours.model, ours.processor, ours.device, ours.dtype, decoder="transformers")
     config = ours.model.text_decoder.generation_config
     saved = config.to_dict()
