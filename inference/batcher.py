@@ -11,7 +11,8 @@ previous batch is done. When idle and fewer than max_batch are ready, it waits u
 Three kinds of threads cooperate:
 - the feeder hands waiting images to the decode pool while the window has room, oldest job first, and
   calls `on_start` for a job as its first image goes (so a job is started before the model sees it);
-- the decode pool, which also records images that fail to decode (they never reach the model);
+- the decode pool, which fetches URL inputs (within the fetch deadline, and at most half of the threads
+  on one host at a time) and decodes; it also records images that fail (they never reach the model);
 - the model loop, which captions batches. Whichever thread records a job's last result calls `on_done`.
 One bad image fails only itself: `CaptionEngine.generate_each` splits a batch the model fails on
 until the failing image is isolated (this is also how a CUDA out-of-memory error is absorbed; the running
@@ -24,11 +25,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import httpx
 
 from blipq.contract.errors import BlipqError, InvalidImage, ModelUnavailable
 from blipq.contract.images import ImagePolicy
@@ -105,6 +108,7 @@ class _Slot:
     job: _Progress
     index: int
     order: int  # the order images were handed to decoding: oldest first into batches
+    host: str | None = None  # the host it is fetched from (a URL input)
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,7 @@ class Batcher:
         self._decoding = 0
         self._ready: list[_Ready] = []
         self._scheduled = 0  # images handed to decoding so far: their order
+        self._fetching: Counter[str] = Counter()  # URL fetches in progress, by host
         self._stopping = False
         self._fed_all = False  # the feeder is done (stopping, nothing started is left to hand over)
         self._handed_back: list[WorkItem] = []
@@ -190,16 +195,28 @@ class Batcher:
                     self._hand_back_unstarted()
                     if not self._waiting:
                         return None
-                if self._waiting and self._decoding + len(self._ready) < self.config.prefetch:
-                    job = self._waiting[0]
-                    slot = _Slot(job, job.scheduled, self._scheduled)
+                job = self._next_job() if self._decoding + len(self._ready) < self.config.prefetch else None
+                if job is not None:
+                    slot = _Slot(job, job.scheduled, self._scheduled, _host(job.item.images[job.scheduled]))
                     job.scheduled += 1
                     if job.scheduled == len(job.item.images):
-                        self._waiting.popleft()
+                        self._waiting.remove(job)
+                    if slot.host is not None:
+                        self._fetching[slot.host] += 1
                     self._decoding += 1
                     self._scheduled += 1
                     return slot
                 self._changed.wait()
+
+    def _next_job(self) -> _Progress | None:
+        """The oldest waiting job whose next image is not a URL on a host already holding its share of the
+        decode threads (half of them): a host that answers slowly delays its own images, not everyone's."""
+        share = max(1, self.config.decode_threads // 2)
+        for job in self._waiting:
+            host = _host(job.item.images[job.scheduled])
+            if host is None or self._fetching[host] < share:
+                return job
+        return None
 
     def _hand_back_unstarted(self) -> None:
         for job in [job for job in self._waiting if job.scheduled == 0]:
@@ -229,7 +246,13 @@ class Batcher:
             data = image.data
         else:
             assert image.url is not None
-            data = fetch_url(image.url, self.config.fetch)
+            assert slot.host is not None
+            try:
+                data = fetch_url(image.url, self.config.fetch)
+            finally:
+                with self._changed:
+                    self._fetching[slot.host] -= 1
+                    self._changed.notify_all()
         return self.engine.prepare_file(data, self.config.policy, fast_decode=self.config.fast_decode)
 
     # -- model loop ----------------------------------------------------------------------------
@@ -340,3 +363,13 @@ class Batcher:
 def _names(batch: Sequence[_Ready]) -> list[str]:
     """How the log names each image of a batch."""
     return [f"image {ready.slot.index} of {ready.slot.job.item.key}" for ready in batch]
+
+
+def _host(image: ImageInput) -> str | None:
+    """The host a URL input is fetched from ("" for a URL without one, which fails when fetched)."""
+    if image.url is None:
+        return None
+    try:
+        return httpx.URL(image.url).host
+    except httpx.InvalidURL:
+        return ""

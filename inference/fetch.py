@@ -10,11 +10,11 @@ again. The command line uses the same code with the address check off (the user'
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import functools
 import ipaddress
 import socket
-import time
 from dataclasses import dataclass
 
 import httpx
@@ -27,7 +27,7 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-#: Name lookups run here so that a resolver that never answers cannot outlast the deadline.
+#: Name lookups run here (bounded) and are abandoned at the fetch's deadline if the resolver never answers.
 _resolver = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="blipq-resolve")
 
 
@@ -52,34 +52,44 @@ class FetchPolicy:
 
 
 def fetch_url(url: str, policy: FetchPolicy) -> bytes:
-    """Download `url` within the policy: scheme, addresses, redirects, total deadline, byte cap, and the
-    first bytes must look like an image. Raises FetchFailed, InputTooLarge or InvalidImage."""
-    deadline = time.monotonic() + policy.timeout_s
+    """Download `url` within the policy: scheme, addresses, redirects, byte cap, and the first bytes must look
+    like an image. Raises FetchFailed, InputTooLarge or InvalidImage.
+
+    The deadline covers everything: name lookups, connecting, every redirect, the response headers and the
+    body. httpx's own timeouts bound each read, so a server that sends a byte just often enough would
+    outlast them; the fetch runs as a coroutine (on a loop of this thread's own) that is cancelled at the
+    deadline, which closes its connection."""
+    try:
+        return asyncio.run(asyncio.wait_for(_fetch(url, policy), policy.timeout_s))
+    except TimeoutError:
+        raise FetchFailed(f"{url} could not be fetched within {policy.timeout_s:g} s") from None
+
+
+async def _fetch(url: str, policy: FetchPolicy) -> bytes:
     current = url
     # One place turns transport errors (connecting, sending, or reading the body) into FetchFailed.
     try:
-        with httpx.Client(follow_redirects=False, trust_env=False) as client:
+        async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=policy.timeout_s) as client:
             for _ in range(policy.max_redirects + 1):
                 target = _parse(current)
-                address = _checked_address(target, policy, deadline)
+                address = await _checked_address(target, policy)
                 request = client.build_request(
                     "GET",
                     target.copy_with(host=str(address)),
                     headers={"Host": target.netloc.decode("ascii")},
-                    timeout=_remaining(deadline, url),
                     # TLS must still verify the certificate against the name, not the address.
                     extensions={"sni_hostname": target.host} if target.scheme == "https" else None,
                 )
-                response = client.send(request, stream=True)
+                response = await client.send(request, stream=True)
                 try:
                     if response.status_code in _REDIRECTS and "location" in response.headers:
                         current = str(target.join(response.headers["location"]))
                         continue
                     if response.status_code != 200:
                         raise FetchFailed(f"GET {url} answered HTTP {response.status_code}")
-                    return _read_image(response, url, policy, deadline)
+                    return await _read_image(response, url, policy)
                 finally:
-                    response.close()
+                    await response.aclose()
     except httpx.TimeoutException:
         raise FetchFailed(f"{url} did not answer within {policy.timeout_s:g} s") from None
     except httpx.HTTPError as exc:
@@ -99,14 +109,12 @@ def _parse(url: str) -> httpx.URL:
     return target
 
 
-def _checked_address(target: httpx.URL, policy: FetchPolicy, deadline: float) -> _IPAddress:
+async def _checked_address(target: httpx.URL, policy: FetchPolicy) -> _IPAddress:
     """Resolve the host once; refuse it if ANY of its addresses is off limits, else the first address."""
     port = target.port or (443 if target.scheme == "https" else 80)
-    lookup = _resolver.submit(socket.getaddrinfo, target.host, port, type=socket.SOCK_STREAM)
+    lookup = functools.partial(socket.getaddrinfo, target.host, port, type=socket.SOCK_STREAM)
     try:
-        infos = lookup.result(timeout=max(0.0, deadline - time.monotonic()))
-    except concurrent.futures.TimeoutError:
-        raise FetchFailed(f"looking up {target.host} took too long") from None
+        infos = await asyncio.get_running_loop().run_in_executor(_resolver, lookup)
     except (OSError, UnicodeError) as exc:
         raise FetchFailed(f"cannot resolve {target.host}: {exc}") from None
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
@@ -122,12 +130,12 @@ def _checked_address(target: httpx.URL, policy: FetchPolicy, deadline: float) ->
     return addresses[0]
 
 
-def _read_image(response: httpx.Response, url: str, policy: FetchPolicy, deadline: float) -> bytes:
-    """Stream the body under the byte cap and the deadline, stopping early when it is not an image."""
+async def _read_image(response: httpx.Response, url: str, policy: FetchPolicy) -> bytes:
+    """Stream the body under the byte cap, stopping early when it is not an image."""
     chunks: list[bytes] = []
     received = 0
     sniffed = False
-    for chunk in response.iter_bytes():
+    async for chunk in response.aiter_bytes():
         received += len(chunk)
         if received > policy.max_bytes:
             raise InputTooLarge(f"{url} is larger than the max_fetch_bytes limit of {policy.max_bytes} bytes")
@@ -135,8 +143,6 @@ def _read_image(response: httpx.Response, url: str, policy: FetchPolicy, deadlin
         if not sniffed and received >= 16:
             _check_image_head(b"".join(chunks), url)
             sniffed = True
-        if time.monotonic() > deadline:
-            raise FetchFailed(f"{url} took longer than {policy.timeout_s:g} s to download")
     data = b"".join(chunks)
     if not sniffed:
         _check_image_head(data, url)
@@ -148,13 +154,6 @@ def _check_image_head(head: bytes, url: str) -> None:
         raise InvalidImage(f"{url} returned an empty body")
     if sniff_format(head) is None:
         raise InvalidImage(f"{url} is not a supported image (got {describe_bytes(head)})")
-
-
-def _remaining(deadline: float, url: str) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise FetchFailed(f"{url} could not be fetched within the time limit")
-    return left
 
 
 def _is_public(address: _IPAddress) -> bool:

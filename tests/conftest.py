@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,34 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 class QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+
+class CrawlingHandler(BaseHTTPRequestHandler):
+    """Answers every GET with a status line sent one byte every half second, for ever: each read arrives in
+    time, the response never does."""
+
+    def do_GET(self) -> None:
+        try:
+            while True:
+                for byte in b"HTTP/1.1 200 OK\r\n":
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.5)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def crawling_server() -> Iterator[str]:
+    """The base URL of a loopback server whose every response crawls (`CrawlingHandler`)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CrawlingHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -25,15 +25,16 @@ from blipq.inference.amqp_worker import AmqpWorker
 from blipq.inference.batcher import BatcherConfig
 from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
+from blipq.inference.fetch import FetchPolicy
 from blipq.inference.requests import dead_letter_error
 from tests.helpers import pictures
 
 
 @contextlib.contextmanager
-def running_worker(amqp_url: str, engine: CaptionEngine) -> Iterator[AmqpWorker]:
+def running_worker(amqp_url: str, engine: CaptionEngine, config: BatcherConfig | None = None) -> Iterator[AmqpWorker]:
     running = AmqpWorker(
-        amqp_url, engine, BatcherConfig(max_batch=8, batch_wait_ms=100), model_name="tiny", max_messages=1000,
-        max_images=16, request_policy=ImagePolicy(max_bytes=1_000_000),
+        amqp_url, engine, config or BatcherConfig(max_batch=8, batch_wait_ms=100), model_name="tiny",
+        max_messages=1000, max_images=16, request_policy=ImagePolicy(max_bytes=1_000_000),
     )  # fmt: skip
     stop = threading.Event()
     thread = threading.Thread(target=running.run, args=(stop,))
@@ -239,3 +240,32 @@ def test_each_dead_letter_reason_has_its_error_code(reason: str, code: str) -> N
     headers = {"x-death": [{"reason": reason, "queue": "blipq.caption", "count": 1}]}
     assert dead_letter_error(headers)[0] == code
     assert dead_letter_error(None)[0] == "invalid_request"
+
+
+def test_urls_on_a_crawling_host_fail_at_the_deadline_without_holding_up_other_requests(
+    amqp_url: str, engine: CaptionEngine, crawling_server: str
+) -> None:
+    """Four URL requests whose server sends its headers a byte at a time, then two good requests."""
+    config = BatcherConfig(
+        max_batch=8, decode_threads=4, fetch=FetchPolicy(timeout_s=3, allow_networks=("127.0.0.1/32",))
+    )
+    with running_worker(amqp_url, engine, config):
+        client = OutsidePublisher(amqp_url)
+        try:
+            slow = [f"slow-{number}" for number in range(4)]
+            for number, correlation_id in enumerate(slow):
+                body = {"images": [{"url": f"{crawling_server}/{number}.jpg"}]}
+                client.publish(json.dumps(body).encode(), correlation_id)
+            for number, image in enumerate(pictures(2)):
+                client.publish(request([image]), f"good-{number}")
+            started = time.monotonic()
+            first_two = client.replies(2, timeout_s=30)
+            assert set(first_two) == {"good-0", "good-1"}
+            assert time.monotonic() - started < 3  # before the first slow URL's deadline
+            rest = client.replies(4, timeout_s=30)
+            assert time.monotonic() - started < 10  # two at a time, 3 s each
+            for correlation_id in slow:
+                [image] = rest[correlation_id]["images"]
+                assert image["error"]["code"] == "fetch_failed"
+        finally:
+            client.close()

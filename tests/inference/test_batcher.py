@@ -237,3 +237,23 @@ def test_urls_into_the_network_fail_alone_with_a_clear_error(
         assert result.error is not None
         assert result.error.code == "fetch_failed"
         assert "is not a public address" in result.error.message
+
+
+def test_a_slow_host_holds_at_most_half_the_decode_threads_and_its_urls_fail_at_the_deadline(
+    make_batcher: BatcherFactory, outcomes: Outcomes, crawling_server: str
+) -> None:
+    batcher = make_batcher(
+        BatcherConfig(decode_threads=4, fetch=FetchPolicy(timeout_s=3, allow_networks=("127.0.0.1/32",)))
+    )
+    slow = [f"slow {number}" for number in range(4)]
+    for number, key in enumerate(slow):
+        batcher.submit(job(key, [f"{crawling_server}/{number}.jpg"]))
+    batcher.submit(job("good", pictures(2)))
+    (good,) = outcomes.wait(["good"])
+    assert all(result.caption for result in good)
+    assert not set(slow) & set(outcomes.done), "the good job waited for the slow host"
+    for results in outcomes.wait(slow, timeout_s=30):
+        [result] = results
+        assert result.error is not None
+        assert result.error.code == "fetch_failed"
+        assert "could not be fetched within 3 s" in result.error.message
