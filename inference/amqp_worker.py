@@ -80,7 +80,8 @@ class AmqpWorker:
         self.max_messages = max_messages
         self.max_images = max_images
         self.request_policy = request_policy
-        self.batcher = Batcher(engine, config, on_start=lambda item: None, on_done=self._done, metrics=metrics)
+        self.metrics = metrics or InferenceMetrics()
+        self.batcher = Batcher(engine, config, on_start=lambda item: None, on_done=self._done, metrics=self.metrics)
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._in_flight: dict[str, _InFlight] = {}
@@ -170,13 +171,16 @@ class AmqpWorker:
     def _on_dead_letter(
         self, channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
     ) -> None:
-        if properties.reply_to and properties.correlation_id:
-            code, message = dead_letter_error(properties.headers)
-            body = error_reply_body(properties.correlation_id, code, message)
-            self._publish(properties.reply_to, properties.correlation_id, body)
-        else:
-            log.warning("dead letter without reply_to or correlation_id dropped")
-        channel.basic_ack(method.delivery_tag)
+        # Acked whatever happens to its reply: a dead letter that came back would be answered again for ever.
+        try:
+            if properties.reply_to and properties.correlation_id:
+                code, message = dead_letter_error(properties.headers)
+                body = error_reply_body(properties.correlation_id, code, message)
+                self._publish(properties.reply_to, properties.correlation_id, body)
+            else:
+                log.warning("dead letter without reply_to or correlation_id dropped")
+        finally:
+            channel.basic_ack(method.delivery_tag)
 
     def _answer(self, key: str, results: list[ImageResult]) -> None:
         in_flight = self._in_flight.pop(key, None)
@@ -187,13 +191,23 @@ class AmqpWorker:
         self._channel.basic_ack(in_flight.delivery_tag)
 
     def _publish(self, reply_to: str, correlation_id: str, body: bytes) -> None:
-        """Publish a reply and wait for the broker's confirm (confirm_delivery makes basic_publish wait)."""
+        """Publish a reply and wait for the broker's confirm (confirm_delivery makes basic_publish wait).
+
+        A reply the broker will not take is the publisher's problem, not the worker's: its queue is gone or
+        refuses messages (full with `reject-publish`). It is logged and counted, and the caller settles the
+        request all the same; retrying would hold the request, and every other publisher's, for ever."""
         assert self._channel is not None
         properties = BasicProperties(content_type=CONTENT_TYPE, correlation_id=correlation_id, delivery_mode=2)
         try:
             self._channel.basic_publish("", reply_to, body, properties, mandatory=True)
         except pika.exceptions.UnroutableError:
-            log.warning("reply to %s for %s: no such queue; dropped", reply_to, correlation_id)
+            self._undeliverable(reply_to, correlation_id, "no_queue", "no such queue")
+        except pika.exceptions.NackError:
+            self._undeliverable(reply_to, correlation_id, "refused", "the queue refused it (full?)")
+
+    def _undeliverable(self, reply_to: str, correlation_id: str, reason: str, why: str) -> None:
+        log.warning("reply to %s for %s not delivered: %s; the request is settled", reply_to, correlation_id, why)
+        self.metrics.undeliverable_replies.labels(reason=reason).inc()
 
     # -- model thread --------------------------------------------------------------------------
 

@@ -24,6 +24,13 @@ class InferenceMetrics:
             "wall-clock time of the model calls, that thread is what limits the rate).",
             registry=self.registry,
         )
+        self.undeliverable_replies = Counter(
+            "blipq_undeliverable_replies",
+            "Replies the broker would not take (no such reply queue, or the queue refused it), by reason; their "
+            "requests are settled all the same.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.queued_seconds = Histogram(
             "blipq_queued_seconds", "Time from a job's arrival to its first image's batch.", registry=self.registry
         )

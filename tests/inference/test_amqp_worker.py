@@ -269,3 +269,29 @@ def test_urls_on_a_crawling_host_fail_at_the_deadline_without_holding_up_other_r
                 assert image["error"]["code"] == "fetch_failed"
         finally:
             client.close()
+
+
+def test_a_reply_queue_that_refuses_every_reply_costs_only_its_own_replies(
+    publisher: OutsidePublisher, worker: AmqpWorker
+) -> None:
+    """A publisher whose reply queue takes nothing (`x-max-length` 0, `reject-publish`): its requests and its
+    dead letters are settled, counted, and everybody else is still answered, on the same connection."""
+    refusing = publisher.channel.queue_declare(
+        "", exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+    ).method.queue
+    generation = worker._generation
+    publisher.publish(request(pictures(1)), "refused-caption", reply_to=refusing)
+    publisher.publish(b"not JSON", "refused-dead-letter", reply_to=refusing)
+    publisher.publish(request(pictures(1)), "answered")
+    assert publisher.replies(1)["answered"]["status"] == "succeeded"
+    refused = worker.metrics.undeliverable_replies.labels(reason="refused")
+    deadline = time.monotonic() + 30
+    while refused._value.get() < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert refused._value.get() == 2
+    assert worker._generation == generation, "the worker reconnected"
+    assert not worker._in_flight
+    for queue in ("blipq.caption", "blipq.dead"):  # nothing left over to be delivered again
+        assert publisher.channel.queue_declare(queue, passive=True).method.message_count == 0
+    publisher.publish(request(pictures(1)), "still answered")
+    assert publisher.replies(1)["still answered"]["status"] == "succeeded"
