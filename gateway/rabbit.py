@@ -4,6 +4,7 @@ the replies from this gateway's own durable queue.
 A job is accepted only once the broker confirmed its message. A full request queue nacks the publish
 (`x-overflow: reject-publish`): 429 `queue_full`; no connection: 503 `queue_unavailable`. The robust
 connection reconnects with capped backoff and redeclares the queues and the reply consumer by itself.
+A gateway whose reply queue another gateway consumes already (the same gateway id) does not start.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 10.0
 PUBLISH_TIMEOUT_S = 10.0
 STORE_RETRY_S = 1.0
+FIRST_ATTEMPT_S = 15.0  # how long start-up waits for the first connection's verdict
+TAKEN_GRACE_S = 5.0  # how long a reply queue may look taken before this gateway gives up starting
 
 #: What a lost or refused connection raises (ChannelInvalidStateError is a RuntimeError, not an AMQPError).
 _BROKER_ERRORS = (
@@ -50,6 +53,16 @@ _BROKER_ERRORS = (
     OSError,
     asyncio.TimeoutError,
 )
+
+
+class ReplyQueueTaken(RuntimeError):
+    """Another gateway consumes this gateway's reply queue: the two would take (and drop) each other's replies."""
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(
+            f"another gateway already consumes {queue}: every gateway on one RabbitMQ needs its own id "
+            "(--gateway-id or BLIPQ_GATEWAY_ID; the default is the host name). Not starting."
+        )
 
 
 class RabbitBroker:
@@ -65,20 +78,37 @@ class RabbitBroker:
         self._connecting: asyncio.Task[None] | None = None
 
     async def start(self, on_outcome: OutcomeHandler) -> None:
-        """Connect in the background: the gateway serves (503 for jobs) until the broker answers."""
+        """Connect in the background: the gateway serves (503 for jobs) until the broker answers. Raises
+        `ReplyQueueTaken` when the first connection finds another gateway consuming this one's reply queue."""
         self._on_outcome = on_outcome
-        self._connecting = asyncio.create_task(self._connect_until_done())
+        first_attempt = asyncio.Event()
+        self._connecting = asyncio.create_task(self._connect_until_done(first_attempt))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(first_attempt.wait(), FIRST_ATTEMPT_S)
+        if self._connecting.done() and (error := self._connecting.exception()) is not None:
+            log.error("%s", error)
+            raise error
 
-    async def _connect_until_done(self) -> None:
+    async def _connect_until_done(self, first_attempt: asyncio.Event) -> None:
         delay = 0.5
-        while True:
-            try:
-                await self._connect()
-                return
-            except _BROKER_ERRORS as exc:
-                log.warning("cannot reach RabbitMQ (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+        taken_until = None  # a gateway just killed still counts as a consumer until RabbitMQ notices
+        try:
+            while True:
+                try:
+                    await self._connect()
+                    return
+                except ReplyQueueTaken:
+                    taken_until = taken_until or asyncio.get_running_loop().time() + TAKEN_GRACE_S
+                    if asyncio.get_running_loop().time() > taken_until:
+                        raise
+                    await asyncio.sleep(1.0)
+                except _BROKER_ERRORS as exc:
+                    log.warning("cannot reach RabbitMQ (%s); retrying in %.1f s", exc, delay)
+                    first_attempt.set()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_BACKOFF_S)
+        finally:
+            first_attempt.set()
 
     async def _connect(self) -> None:
         connection = await aio_pika.connect_robust(self.url, reconnect_interval=1, fail_fast=True)
@@ -90,7 +120,12 @@ class RabbitBroker:
             await requests.bind(exchange, ROUTING_KEY)
             await (await self._declare(channel, DEAD_QUEUE)).bind(dead)
             replies = await self._declare(channel, self.replies)
-            await replies.consume(self._on_reply)
+            if replies.declaration_result.consumer_count:
+                raise ReplyQueueTaken(self.replies.name)
+            await replies.consume(self._on_reply, exclusive=True)
+            # Two gateways that started at the same moment both saw no consumer: now each sees the other.
+            if ((await self._declare(channel, self.replies)).declaration_result.consumer_count or 0) > 1:
+                raise ReplyQueueTaken(self.replies.name)
         except BaseException:
             await connection.close()
             raise

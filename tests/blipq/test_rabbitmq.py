@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pika
+import pytest
 
 from blipq.contract.options import CaptionOptions
 from blipq.inference.decode import decode_image
@@ -108,6 +109,25 @@ def test_a_restarted_gateway_records_the_replies_that_waited_for_it(
             second.stop()
     finally:
         worker.stop()
+
+
+def test_a_second_gateway_with_the_same_id_refuses_to_start_and_says_why(
+    amqp_url: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    identity = ("--broker", amqp_url, "--gateway-id", "gw-twin")
+    first = Server(tiny_checkpoint, tmp_path / "first", *identity).start(ready=False)
+    try:
+        twin = Server(tiny_checkpoint, tmp_path / "twin", *identity)
+        with pytest.raises(RuntimeError, match="exited early") as refused:
+            twin.start(ready=False)
+        assert twin.process is not None
+        assert twin.process.returncode != 0
+        assert "another gateway already consumes blipq.replies.gw-twin" in str(refused.value)
+        assert "--gateway-id or BLIPQ_GATEWAY_ID" in str(refused.value)
+        assert httpx.get(f"{first.url}/healthz", timeout=10).status_code == 200
+        assert _counts(amqp_url, "blipq.replies.gw-twin")[1] == 1  # the first one still consumes
+    finally:
+        first.stop()
 
 
 def test_two_gateways_and_two_workers_each_gateway_gets_its_own_answers(
