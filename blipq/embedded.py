@@ -7,6 +7,7 @@ when it starts (`replays_unfinished`).
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future
 
 import anyio.to_thread
@@ -25,6 +26,8 @@ from blipq.serving import serve_app, show_progress_logs
 
 log = logging.getLogger(__name__)
 
+STORE_RETRY_S = 1.0  # the pause before an outcome the store refused is offered again
+
 
 class InProcessBroker:
     replays_unfinished = True
@@ -34,6 +37,7 @@ class InProcessBroker:
         self.device = str(engine.device)
         self.batcher = Batcher(engine, config, on_start=self.started, on_done=self.done, metrics=metrics)
         self._on_outcome: OutcomeHandler | None = None
+        self._stopping = False
 
     async def start(self, on_outcome: OutcomeHandler) -> None:
         self._on_outcome = on_outcome
@@ -52,6 +56,7 @@ class InProcessBroker:
 
     async def stop(self) -> None:
         await anyio.to_thread.run_sync(self.batcher.stop)
+        self._stopping = True
 
     def started(self, item: WorkItem) -> None:
         """On the batcher's feeder thread, before the model sees the job: waits until the attempt is stored, so
@@ -60,7 +65,20 @@ class InProcessBroker:
 
     def done(self, item: WorkItem, results: list[ImageResult]) -> None:
         """On the model's thread: hands the outcome over and returns (the store commits it on its own thread)."""
-        self._deliver(JobFinished(item.key, results))
+        self._record(JobFinished(item.key, results))
+
+    def _record(self, outcome: JobFinished) -> None:
+        """An outcome the store could not record (disk full, database locked) is offered again after a pause,
+        as RabbitMQ would deliver its reply again, until the store takes it or the process stops (the job is
+        then run again at the next start)."""
+
+        def check(stored: Future[None]) -> None:
+            if stored.exception() is not None and not self._stopping:
+                retry = threading.Timer(STORE_RETRY_S, self._record, args=(outcome,))
+                retry.daemon = True
+                retry.start()
+
+        self._deliver(outcome).add_done_callback(check)
 
     def _deliver(self, outcome: JobStarted | JobFinished) -> Future[None]:
         assert self._on_outcome is not None, "outcomes arrive only after start"

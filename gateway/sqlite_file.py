@@ -24,6 +24,9 @@ from blipq.contract.errors import QueueUnavailable
 
 log = logging.getLogger(__name__)
 
+#: How long a write waits for another connection's lock on the database before it fails.
+BUSY_TIMEOUT_S = 30.0
+
 T = TypeVar("T")
 
 #: Writes committed together at most; more wait for the next round.
@@ -95,7 +98,7 @@ class SqliteFile:
         self._db.close()
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        return sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
 
     def _new_reader(self) -> sqlite3.Connection:
         try:

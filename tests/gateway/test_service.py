@@ -1,13 +1,19 @@
-"""Outcomes as any broker delivers them: an error for the whole job, then a late duplicate."""
+"""Outcomes as any broker delivers them: an error for the whole job, then a late duplicate; an outcome the store
+refused at first."""
 
 from __future__ import annotations
 
 import base64
+import sqlite3
+
+import pytest
 
 from blipq.contract.messages import ErrorInfo, ImageResult
+from blipq.gateway import sqlite_file
 from blipq.gateway.broker import JobFinished
-from tests.gateway.conftest import AppFactory
+from tests.gateway.conftest import AppFactory, finished_job
 from tests.helpers import pictures
+from tests.server import wait_until
 
 
 def test_an_error_for_the_whole_job_fails_each_image_and_is_counted(make_client: AppFactory) -> None:
@@ -26,3 +32,27 @@ def test_an_error_for_the_whole_job_fails_each_image_and_is_counted(make_client:
     metrics = client.get("/metrics").text
     assert 'blipq_job_errors_total{code="expired"} 1.0' in metrics
     assert 'blipq_job_outcomes_total{first="false"} 1.0' in metrics
+
+
+def test_an_outcome_the_store_could_not_record_is_recorded_once_the_store_takes_it(
+    make_client: AppFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database locked by another process while the job's outcome arrives: the outcome comes back (the reply
+    is requeued; the embedded mode offers it again) and is recorded once the lock is gone."""
+    monkeypatch.setattr(sqlite_file, "BUSY_TIMEOUT_S", 0.2)
+    client = make_client(model_running=False)
+    body = {"images": [{"b64": base64.b64encode(image).decode()} for image in pictures(2)]}
+    job_id = client.post("/v1/jobs", json=body).json()["id"]
+    store_path = client.app.state.service.store._file.path
+    locker = sqlite3.connect(store_path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        client.app.state.run_model()
+        wait_until(lambda: f"outcome of job {job_id} not stored" in caplog.text, timeout_s=60)
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] != "succeeded"
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    job = finished_job(client, job_id)
+    assert job.status == "succeeded"
+    assert all(image.caption for image in job.images)
