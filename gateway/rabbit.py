@@ -149,6 +149,7 @@ class RabbitBroker:
             content_type=FRAMED_CONTENT_TYPE,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             correlation_id=dispatch.job_id,
+            message_id=dispatch.job_id,  # a publish retried after a lost confirm is the same request to a worker
             reply_to=self.replies.name,
         )
         try:

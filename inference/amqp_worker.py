@@ -2,17 +2,26 @@
 
 pika is not thread-safe, so one thread owns the connection: it receives messages, publishes replies
 and acks, and keeps heartbeats flowing between events. The batcher runs the model on its own
-threads and hands each finished request back with `add_callback_threadsafe`. A request is acked
-only after the broker confirmed its reply; a worker that dies leaves its unacked requests to be
-delivered again (past the delivery limit they are dead-lettered and answered `worker_lost`).
+threads and hands each finished request back to it. A request is acked only after the broker confirmed
+its reply; a worker that dies leaves its unacked requests to be delivered again (past the delivery limit
+they are dead-lettered and answered `worker_lost`).
+
+A connection (or channel) the broker closes, for example past its consumer_timeout, is noticed at the next
+pump (0.2 s) and opened again. Its deliveries are void: requests not started are withdrawn from the
+batcher, and a request under way keeps running; when the broker delivers it again here, that copy is
+answered by the running work (or by its outcome, kept a while), so it runs once. A publisher's message_id
+(else its reply_to and correlation_id) names a request; a second copy of one already running is dropped.
+A reply the broker will not take is logged and counted, and its request settled all the same.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
+import itertools
 import logging
+import queue
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import pika
@@ -42,11 +51,27 @@ MAX_BACKOFF_S = 10.0
 
 
 @dataclass
-class _InFlight:
+class _Delivery:
+    """A request message as delivered on one connection (its tag means nothing on another)."""
+
+    generation: int
     delivery_tag: int
     reply_to: str
     correlation_id: str
     request: ParsedRequest
+
+
+@dataclass
+class _Work:
+    """A request's images in the batcher, and the delivery its outcome answers: None once that delivery's
+    connection is gone, until the broker delivers the request again (to this worker: it is adopted)."""
+
+    identity: str
+    delivery: _Delivery | None
+
+
+#: Outcomes of work whose delivery was lost, kept for a copy delivered again: (results, when), by identity.
+UNCLAIMED_KEPT = 1000
 
 
 def declare_topology(channel: BlockingChannel, max_messages: int) -> None:
@@ -84,8 +109,14 @@ class AmqpWorker:
         self.batcher = Batcher(engine, config, on_start=lambda item: None, on_done=self._done, metrics=self.metrics)
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
-        self._in_flight: dict[str, _InFlight] = {}
         self._generation = 0  # a new connection makes the delivery tags of the old one meaningless
+        # Connection thread only: the work in the batcher by key, its key by request identity, and outcomes
+        # whose delivery was lost. The batcher's threads hand outcomes over through `_completed`.
+        self._work: dict[str, _Work] = {}
+        self._work_keys: dict[str, str] = {}
+        self._unclaimed: OrderedDict[str, list[ImageResult]] = OrderedDict()
+        self._completed: queue.SimpleQueue[tuple[str, list[ImageResult]]] = queue.SimpleQueue()
+        self._numbers = itertools.count()
         self.connected = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
@@ -102,7 +133,7 @@ class AmqpWorker:
                     self._drain()
                 except (pika.exceptions.AMQPError, OSError) as exc:
                     self.connected.clear()
-                    self._in_flight.clear()  # unacked: the broker delivers them again
+                    self._deliveries_lost()
                     log.warning("RabbitMQ connection lost (%s); reconnecting in %.1f s", exc, delay)
                     stop.wait(delay)
                     delay = min(delay * 2, MAX_BACKOFF_S)
@@ -116,6 +147,7 @@ class AmqpWorker:
         self._close()
         parameters = pika.URLParameters(self.url)
         parameters.heartbeat = parameters.heartbeat or 30
+        parameters.client_properties = {"connection_name": "blipq worker"}  # as RabbitMQ's tools list it
         connection = pika.BlockingConnection(parameters)
         channel = connection.channel()
         channel.confirm_delivery()
@@ -132,14 +164,26 @@ class AmqpWorker:
     def _pump(self, seconds: float) -> None:
         assert self._connection is not None
         self._connection.process_data_events(time_limit=seconds)
+        if self._channel is not None and self._channel.is_closed:  # e.g. a consumer_timeout: the broker closed it
+            raise pika.exceptions.ChannelWrongStateError("RabbitMQ closed the channel")
+        self._answer_completed()
 
     def _drain(self) -> None:
         """Stop taking requests; answer the ones in hand (prefetch bounds them)."""
         assert self._channel is not None
         for tag in list(self._channel.consumer_tags):
             self._channel.basic_cancel(tag)
-        while self._in_flight:
+        while any(work.delivery is not None for work in self._work.values()):
             self._pump(0.1)
+
+    def _deliveries_lost(self) -> None:
+        """The connection is gone, and with it every unacked delivery: the broker delivers them again (to any
+        worker). Work not started yet is withdrawn; work under way runs on, and its outcome answers the copy
+        delivered again if that comes here (`_on_request`), instead of running twice."""
+        for work in self._work.values():
+            work.delivery = None
+        for key in self.batcher.withdraw(list(self._work)):
+            del self._work_keys[self._work.pop(key).identity]
 
     def _close(self) -> None:
         if self._connection is not None and self._connection.is_open:
@@ -161,12 +205,28 @@ class AmqpWorker:
             log.warning("request %s rejected: %s", properties.correlation_id, exc.message)
             channel.basic_reject(tag, requeue=False)  # answered from the dead-letter queue
             return
-        key = f"{self._generation}:{tag}"
-        self._in_flight[key] = _InFlight(tag, properties.reply_to, properties.correlation_id, request)
-        if request.to_run:
-            self.batcher.submit(WorkItem(key, [image for _, image in request.to_run], request.options))
-        else:
-            self._answer(key, [])
+        delivery = _Delivery(self._generation, tag, properties.reply_to, properties.correlation_id, request)
+        # The publisher's message id, else its reply address: a copy delivered again, or published twice by a
+        # publisher that retried, is the same request.
+        identity = properties.message_id or f"{properties.reply_to} {properties.correlation_id}"
+        if identity in self._unclaimed:  # it ran here already, and its first delivery was lost
+            self._reply(delivery, self._unclaimed.pop(identity))
+            return
+        if (key := self._work_keys.get(identity)) is not None:
+            work = self._work[key]
+            if work.delivery is None:
+                work.delivery = delivery  # under way here: this copy is answered when it is done
+            else:
+                log.info("request %s is already being captioned; the duplicate is dropped", identity)
+                channel.basic_ack(tag)
+            return
+        if not request.to_run:
+            self._reply(delivery, [])
+            return
+        key = f"work-{next(self._numbers)}"
+        self._work[key] = _Work(identity, delivery)
+        self._work_keys[identity] = key
+        self.batcher.submit(WorkItem(key, [image for _, image in request.to_run], request.options))
 
     def _on_dead_letter(
         self, channel: BlockingChannel, method: Basic.Deliver, properties: BasicProperties, body: bytes
@@ -182,13 +242,29 @@ class AmqpWorker:
         finally:
             channel.basic_ack(method.delivery_tag)
 
-    def _answer(self, key: str, results: list[ImageResult]) -> None:
-        in_flight = self._in_flight.pop(key, None)
-        if in_flight is None or self._channel is None:
-            return  # from a connection that is gone: the broker delivers that request again
-        body = reply_body(in_flight.correlation_id, in_flight.request.merge(results), self.model_name)
-        self._publish(in_flight.reply_to, in_flight.correlation_id, body)
-        self._channel.basic_ack(in_flight.delivery_tag)
+    def _answer_completed(self) -> None:
+        """Answer the work the batcher finished (on the connection thread, which owns the channel)."""
+        while True:
+            try:
+                key, results = self._completed.get_nowait()
+            except queue.Empty:
+                return
+            work = self._work.pop(key)
+            del self._work_keys[work.identity]
+            if work.delivery is not None:
+                self._reply(work.delivery, results)
+                continue
+            # Its delivery was lost: kept a while for the copy the broker delivers again.
+            self._unclaimed[work.identity] = results
+            while len(self._unclaimed) > UNCLAIMED_KEPT:
+                self._unclaimed.popitem(last=False)
+
+    def _reply(self, delivery: _Delivery, results: list[ImageResult]) -> None:
+        """Reply with the results of the images run (the refused ones merged in), then ack."""
+        assert self._channel is not None
+        body = reply_body(delivery.correlation_id, delivery.request.merge(results), self.model_name)
+        self._publish(delivery.reply_to, delivery.correlation_id, body)
+        self._channel.basic_ack(delivery.delivery_tag)
 
     def _publish(self, reply_to: str, correlation_id: str, body: bytes) -> None:
         """Publish a reply and wait for the broker's confirm (confirm_delivery makes basic_publish wait).
@@ -212,10 +288,9 @@ class AmqpWorker:
     # -- model thread --------------------------------------------------------------------------
 
     def _done(self, item: WorkItem, results: list[ImageResult]) -> None:
+        """Hand the outcome to the connection thread, and wake it (it also looks at every pump)."""
+        self._completed.put((item.key, results))
         connection = self._connection
-        if connection is None or not item.key.startswith(f"{self._generation}:"):
-            return
-        try:
-            connection.add_callback_threadsafe(functools.partial(self._answer, item.key, results))
-        except (pika.exceptions.AMQPError, OSError, RuntimeError):
-            log.warning("connection gone before %s was answered; the broker delivers it again", item.key)
+        if connection is not None:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError, RuntimeError):
+                connection.add_callback_threadsafe(self._answer_completed)

@@ -158,6 +158,16 @@ class Batcher:
             self._waiting.append(_Progress(item, time.monotonic(), [None] * len(item.images)))
             self._changed.notify_all()
 
+    def withdraw(self, keys: Sequence[str]) -> list[str]:
+        """Take back the jobs among `keys` that have not started (no image handed to decoding): they are never
+        run nor reported. The keys withdrawn."""
+        wanted = set(keys)
+        with self._changed:
+            withdrawn = [job for job in self._waiting if job.item.key in wanted and job.scheduled == 0]
+            for job in withdrawn:
+                self._waiting.remove(job)
+        return [job.item.key for job in withdrawn]
+
     def alive(self) -> bool:
         return self._feeder.is_alive() and self._model_loop.is_alive()
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -55,9 +57,12 @@ class QuietHandler(SimpleHTTPRequestHandler):
 
 class CrawlingHandler(BaseHTTPRequestHandler):
     """Answers every GET with a status line sent one byte every half second, for ever: each read arrives in
-    time, the response never does."""
+    time, the response never does. Counts the requests, by path."""
+
+    requests: ClassVar[Counter[str]] = Counter()
 
     def do_GET(self) -> None:
+        self.requests[self.path] += 1
         try:
             while True:
                 for byte in b"HTTP/1.1 200 OK\r\n":

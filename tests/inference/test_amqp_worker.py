@@ -27,7 +27,10 @@ from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
 from blipq.inference.fetch import FetchPolicy
 from blipq.inference.requests import dead_letter_error
+from tests.conftest import CrawlingHandler
 from tests.helpers import pictures
+from tests.rabbitmq import RabbitNode
+from tests.server import wait_until
 
 
 @contextlib.contextmanager
@@ -290,8 +293,60 @@ def test_a_reply_queue_that_refuses_every_reply_costs_only_its_own_replies(
         time.sleep(0.05)
     assert refused._value.get() == 2
     assert worker._generation == generation, "the worker reconnected"
-    assert not worker._in_flight
+    assert not worker._work
     for queue in ("blipq.caption", "blipq.dead"):  # nothing left over to be delivered again
         assert publisher.channel.queue_declare(queue, passive=True).method.message_count == 0
     publisher.publish(request(pictures(1)), "still answered")
     assert publisher.replies(1)["still answered"]["status"] == "succeeded"
+
+
+def test_a_request_delivered_again_while_its_first_delivery_still_runs_runs_once(
+    tmp_path: Path, engine: CaptionEngine, crawling_server: str
+) -> None:
+    """The broker drops the worker's connection (as it does a channel past consumer_timeout) while a request is
+    under way: the copy delivered again is answered by the work already running, not run a second time."""
+    node = RabbitNode(tmp_path / "node").start()
+    config = BatcherConfig(decode_threads=2, fetch=FetchPolicy(timeout_s=4, allow_networks=("127.0.0.1/32",)))
+    try:
+        with running_worker(node.url(), engine, config) as worker:
+            client = OutsidePublisher(node.url())
+            try:
+                body = {
+                    "images": [
+                        {"url": f"{crawling_server}/once.jpg"},
+                        {"b64": base64.b64encode(pictures(1)[0]).decode()},
+                    ]
+                }
+                client.publish(json.dumps(body).encode(), "slow-one")
+                wait_until(lambda: CrawlingHandler.requests["/once.jpg"] == 1, timeout_s=30)
+                generation = worker._generation
+                _close_connection(node, "blipq worker")
+                wait_until(lambda: worker._generation > generation, timeout_s=30)
+                reply = client.replies(1, timeout_s=30)["slow-one"]
+                assert [image["status"] for image in reply["images"]] == ["failed", "done"]
+                assert reply["images"][0]["error"]["code"] == "fetch_failed"
+                assert CrawlingHandler.requests["/once.jpg"] == 1  # fetched once: the copy did not run again
+                assert _counts_on(node, "blipq.caption") == 0
+            finally:
+                client.close()
+    finally:
+        node.stop()
+
+
+def _close_connection(node: RabbitNode, name: str) -> None:
+    """Close the client connection named `name` (its connection_name property) from the broker's side."""
+    listed = subprocess.run(
+        node.tool("rabbitmqctl", "list_connections", "pid", "client_properties", "--silent"),
+        env=node.env, check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    [pid] = [line.split("\t")[0] for line in listed.splitlines() if f'"{name}"' in line]
+    node.ctl("close_connection", pid, "closed by the test")
+
+
+def _counts_on(node: RabbitNode, queue: str) -> int:
+    """Messages in `queue`, ready or unacked."""
+    listed = subprocess.run(
+        node.tool("rabbitmqctl", "list_queues", "name", "messages", "--silent"),
+        env=node.env, check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    return sum(int(line.split("\t")[1]) for line in listed.splitlines() if line.split("\t")[0] == queue)
