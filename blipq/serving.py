@@ -33,7 +33,7 @@ def serve_app(
             host=settings.host,
             port=settings.port,
             log_level="info",
-            timeout_graceful_shutdown=settings.shutdown_timeout_s,
+            timeout_graceful_shutdown=settings.graceful_shutdown_s,
         )
     finally:
         store.close()

@@ -41,10 +41,21 @@ def run_worker(settings: InferenceSettings) -> None:
         signal.signal(signum, lambda received, _frame: signals.append(received))
     log.info("worker ready: %s on %s", checkpoint, engine.device)
     stop = threading.Event()
-    runner = threading.Thread(target=worker.run, args=(stop,), name="blipq-amqp")
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run(stop)
+        except BaseException as exc:
+            failures.append(exc)
+
+    runner = threading.Thread(target=run, name="blipq-amqp")
     runner.start()
     while runner.is_alive():
         runner.join(0.2)
         if signals and not stop.is_set():
             log.info("signal %d: answering the requests in hand, then exiting", signals[0])
             stop.set()
+    if failures:  # a worker that cannot caption must not look like one that stopped as asked
+        log.error("the worker stopped: %s", failures[0], exc_info=failures[0])
+        raise SystemExit(1)

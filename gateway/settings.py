@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from blipq.contract.settings import SharedSettings, split_commas
@@ -43,9 +44,29 @@ class GatewaySettings(SharedSettings):
     rate_limit: str | None = Field(
         None, description='Requests per API key (or client address) per gateway process, e.g. "600/minute".'
     )
-    shutdown_timeout_s: int = Field(
-        30, ge=0, description="On SIGTERM, how long the gateway waits for in-flight requests before closing them."
+    shutdown_timeout_s: int | None = Field(
+        None,
+        ge=0,
+        description="On SIGTERM, how long the gateway waits for in-flight requests before closing them; at least "
+        "blocking_timeout_s (default: blocking_timeout_s + 5).",
     )
+
+    @model_validator(mode="after")
+    def _shutdown_covers_blocking_requests(self) -> GatewaySettings:
+        """A blocking request accepted just before SIGTERM may wait blocking_timeout_s for its captions."""
+        if self.shutdown_timeout_s is not None and self.shutdown_timeout_s < self.blocking_timeout_s:
+            raise ValueError(
+                f"shutdown_timeout_s ({self.shutdown_timeout_s}) must be at least blocking_timeout_s "
+                f"({self.blocking_timeout_s:g}): blocking requests in flight at SIGTERM would be cut off"
+            )
+        return self
+
+    @property
+    def graceful_shutdown_s(self) -> int:
+        """How long in-flight requests may take to finish after SIGTERM."""
+        if self.shutdown_timeout_s is not None:
+            return self.shutdown_timeout_s
+        return math.ceil(self.blocking_timeout_s) + 5
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -48,6 +49,11 @@ from blipq.inference.requests import ParsedRequest, dead_letter_error, error_rep
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 10.0
+DRAIN_TIMEOUT_S = 45.0  # below compose's stop_grace_period (60 s): answered before SIGKILL
+
+
+class BatcherDied(RuntimeError):
+    """The batcher's threads are gone: nothing would ever be captioned; the worker exits (non-zero)."""
 
 
 @dataclass
@@ -130,6 +136,8 @@ class AmqpWorker:
                     delay = 0.5
                     while not stop.is_set():
                         self._pump(0.2)
+                        if not self.batcher.alive():
+                            raise BatcherDied("the model's threads died; see the log above")
                     self._drain()
                 except (pika.exceptions.AMQPError, OSError) as exc:
                     self.connected.clear()
@@ -169,11 +177,16 @@ class AmqpWorker:
         self._answer_completed()
 
     def _drain(self) -> None:
-        """Stop taking requests; answer the ones in hand (prefetch bounds them)."""
+        """Stop taking requests; answer the ones in hand (prefetch bounds them) for at most DRAIN_TIMEOUT_S,
+        within compose's grace period. What is left unanswered, the broker delivers again."""
         assert self._channel is not None
         for tag in list(self._channel.consumer_tags):
             self._channel.basic_cancel(tag)
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while any(work.delivery is not None for work in self._work.values()):
+            if time.monotonic() > deadline:
+                log.warning("requests still unanswered after %g s; the broker delivers them again", DRAIN_TIMEOUT_S)
+                return
             self._pump(0.1)
 
     def _deliveries_lost(self) -> None:

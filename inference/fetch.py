@@ -164,7 +164,7 @@ def _is_public(address: _IPAddress) -> bool:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
             return _is_public(embedded)
-        if address.teredo is not None:
+        if address.teredo is not None or address.is_site_local:  # fec0::/10: deprecated, still routed inside
             return False
     return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
 
@@ -172,6 +172,8 @@ def _is_public(address: _IPAddress) -> bool:
 def _kind(address: _IPAddress) -> str:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return f"IPv4-mapped {_kind(address.ipv4_mapped)}"
+    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        return "site-local"
     for kind in ("loopback", "link_local", "multicast", "unspecified", "private", "reserved"):
         if getattr(address, f"is_{kind}"):
             return kind.replace("_", "-")

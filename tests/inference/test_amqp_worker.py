@@ -21,7 +21,7 @@ import pytest
 
 from blipq.contract.images import ImagePolicy
 from blipq.contract.options import CaptionOptions
-from blipq.inference.amqp_worker import AmqpWorker
+from blipq.inference.amqp_worker import AmqpWorker, BatcherDied
 from blipq.inference.batcher import BatcherConfig
 from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
@@ -350,3 +350,44 @@ def _counts_on(node: RabbitNode, queue: str) -> int:
         env=node.env, check=True, capture_output=True, text=True, timeout=60,
     ).stdout  # fmt: skip
     return sum(int(line.split("\t")[1]) for line in listed.splitlines() if line.split("\t")[0] == queue)
+
+
+def test_a_worker_whose_model_threads_died_stops_with_an_error(
+    amqp_url: str, engine: CaptionEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Something no failure path catches kills the model's thread: the worker stops consuming (and `blipq
+    worker` exits non-zero) instead of holding requests it will never answer."""
+
+    def fatal(*args: object) -> None:
+        raise SystemExit("simulated: the model's thread is gone")
+
+    worker = AmqpWorker(
+        amqp_url, engine, BatcherConfig(), model_name="tiny", max_messages=1000, max_images=16,
+        request_policy=ImagePolicy(),
+    )  # fmt: skip
+    monkeypatch.setattr(worker.batcher.engine, "start_search", fatal)
+    monkeypatch.setattr(worker.batcher.engine, "generate_each", fatal)
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            worker.run(stop)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert worker.connected.wait(30)
+        client = OutsidePublisher(amqp_url)
+        try:
+            client.publish(request(pictures(1)), "fatal")
+            thread.join(30)
+        finally:
+            client.close()
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert [type(failure) for failure in failures] == [BatcherDied]

@@ -118,6 +118,7 @@ def test_fetches_an_allowed_image(site: str) -> None:
         ("http://169.254.169.254/latest/meta-data/", r"169\.254\.169\.254 is not a public address \(link-local\)"),
         ("http://100.64.0.1/img.png", r"not a public address \(shared address space \(CGNAT\)\)"),
         ("http://224.0.0.1/img.png", r"not a public address \(multicast\)"),
+        ("http://[fec0::1]/img.png", r"fec0::1 is not a public address \(site-local\)"),
         ("http://0.0.0.0:{port}/img.png", r"not a public address \(unspecified\)"),
         ("http://[::ffff:127.0.0.1]:{port}/img.png", r"not a public address \(IPv4-mapped loopback\)"),
         ("http://[fe80::1]/img.png", r"not a public address \(link-local\)"),
