@@ -238,7 +238,10 @@ class JobStore:
         params: list[object] = []
         with self._file.reading() as db:
             if after is not None:
-                row = db.execute("SELECT seq FROM jobs WHERE id = ?", (after,)).fetchone()
+                # Another owner's job is no cursor: that would tell whether its id exists.
+                row = db.execute(
+                    "SELECT seq FROM jobs WHERE id = ? AND (? IS NULL OR owner = ?)", (after, owner, owner)
+                ).fetchone()
                 if row is None:
                     raise JobNotFound(f"cursor {after!r} is not a known job id")
                 clauses.append("seq > ?")

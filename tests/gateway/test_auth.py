@@ -76,6 +76,11 @@ def test_one_key_cannot_see_or_cancel_anothers_job(client: TestClient) -> None:
         assert (response.status_code, response.json()["error"]["code"]) == (404, "job_not_found")
     assert [job["id"] for job in client.get("/v1/jobs", headers=alice).json()["jobs"]] == [job_id]
     assert client.get("/v1/jobs", headers=bob).json()["jobs"] == []
+    # Alice's job id as Bob's cursor is as unknown as any other: its existence does not leak.
+    by_cursor = client.get("/v1/jobs", params={"cursor": job_id}, headers=bob)
+    unknown = client.get("/v1/jobs", params={"cursor": "no-such-job"}, headers=bob)
+    assert (by_cursor.status_code, by_cursor.json()["error"]["code"]) == (unknown.status_code, "job_not_found")
+    assert client.get("/v1/jobs", params={"cursor": job_id}, headers=alice).json()["jobs"] == []
     client.delete(f"/v1/jobs/{job_id}", headers=alice)  # finished (cancelled): listed on the seed route
     assert [job["id"] for job in client.get("/captionImage", headers=alice).json()] == [job_id]
     assert client.get("/captionImage", headers=bob).json() == []
