@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -61,13 +62,18 @@ def create_app(
             return
         anyio.to_thread.current_default_thread_limiter().total_tokens = MAX_WORKER_THREADS
         await broker.start(service.record)
+        republishing = None
         if broker.replays_unfinished:
             await service.replay_unfinished()
+        else:  # in the background: the broker may not be connected yet
+            republishing = asyncio.create_task(service.publish_unconfirmed())
         stop = threading.Event()
         purger = threading.Thread(target=_purge_forever, args=(store, settings, stop), daemon=True)
         purger.start()
         yield
         stop.set()
+        if republishing is not None:
+            republishing.cancel()
         await broker.stop()
         # The outcomes of the jobs finished while stopping are queued for the store's writer: commit them
         # now, since uvicorn re-raises the SIGTERM it caught once the app is done, and that ends the process.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
-from blipq.contract.errors import BlipqError, QueueFull, Timeout
+from blipq.contract.errors import BlipqError, QueueFull, QueueUnavailable, Timeout
 from blipq.contract.images import ImagePolicy
 from blipq.contract.messages import ErrorInfo, ImageInput
 from blipq.contract.options import CaptionOptions
@@ -22,7 +22,7 @@ from blipq.gateway.broker import Broker, Dispatch, JobStarted, Outcome
 from blipq.gateway.jobs import Idempotency, Job, JobStatus
 from blipq.gateway.metrics import GatewayMetrics
 from blipq.gateway.settings import GatewaySettings
-from blipq.gateway.store import JobStore, PendingLimit, job_not_found
+from blipq.gateway.store import JobStore, PendingLimit, StoredRequest, job_not_found
 from blipq.gateway.waiters import Waiters
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 #: What a 429 for a full queue tells clients to wait: long enough for a batch or two to finish.
 QUEUE_FULL_RETRY_AFTER_S = 5
+REPUBLISH_RETRY_S = 1.0  # between attempts to publish a job stored but never confirmed
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Service:
             options,
             owner=caller.owner,
             idempotency=idempotency,
-            keep_images=self.broker.replays_unfinished,  # else the broker keeps the request until it is answered
+            keep_images=True,  # until the broker confirmed it (embedded: until it is answered)
             max_pending=self.settings.max_queue_depth,
             job_id=job_id,
         )
@@ -84,7 +85,9 @@ class Service:
                 f"limit of {limit}; retry in {QUEUE_FULL_RETRY_AFTER_S} s",
                 QUEUE_FULL_RETRY_AFTER_S,
             ) from None
-        if not created:
+        if not created:  # an Idempotency-Key used again: publish it now if its first publish never got through
+            for request in await anyio.to_thread.run_sync(self.store.unpublished, stored_id):
+                await self._publish_stored(request)
             return stored_id
         started = time.monotonic()
         try:
@@ -92,6 +95,7 @@ class Service:
         except BlipqError:
             await asyncio.wrap_future(self.store.discard(stored_id))
             raise
+        await self._confirmed(stored_id)
         self.metrics.publish_seconds.observe(time.monotonic() - started)
         self.metrics.jobs.inc()
         self.metrics.images.inc(len(images))
@@ -138,6 +142,29 @@ class Service:
             await anyio.to_thread.run_sync(self.store.requeued, request.job_id)
             assert request.images is not None
             await self.broker.publish(Dispatch(request.job_id, request.images, request.options))
+
+    async def publish_unconfirmed(self) -> None:
+        """At start-up, for a transport that keeps requests itself (RabbitMQ): publish the jobs stored but never
+        confirmed (this gateway stopped between the two), retrying until the broker takes each. A job that did
+        reach the queue runs at most twice; the first outcome is kept."""
+        for request in await anyio.to_thread.run_sync(self.store.unpublished):
+            while True:
+                try:
+                    await self._publish_stored(request)
+                    break
+                except (QueueUnavailable, QueueFull) as exc:
+                    log.info("job %s not published yet (%s); retrying", request.job_id, exc.message)
+                    await asyncio.sleep(REPUBLISH_RETRY_S)
+
+    async def _publish_stored(self, request: StoredRequest) -> None:
+        if request.images is None:  # accepted before its bytes were kept: nothing to publish again
+            return
+        await self.broker.publish(Dispatch(request.job_id, request.images, request.options))
+        await self._confirmed(request.job_id)
+
+    async def _confirmed(self, job_id: str) -> None:
+        """The broker has the job: over RabbitMQ, which keeps it until it is answered, the stored bytes go."""
+        await asyncio.wrap_future(self.store.published(job_id, keep_images=self.broker.replays_unfinished))
 
     # -- outcomes in ---------------------------------------------------------------------------
 

@@ -113,8 +113,8 @@ class JobStore:
                     raise PendingLimit(depth)
             new_id = job_id or uuid.uuid4().hex
             db.execute(
-                "INSERT INTO jobs (id, status, options, n_images, created_at, owner, idem_key, idem_fingerprint) "
-                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, status, options, n_images, created_at, owner, idem_key, idem_fingerprint, "
+                "published) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, 0)",
                 (
                     new_id,
                     options.canonical_json(),
@@ -137,6 +137,21 @@ class JobStore:
             return new_id, True
 
         return self._file.write(create)
+
+    def published(self, job_id: str, *, keep_images: bool) -> Future[None]:
+        """The broker confirmed the job's message. `keep_images=False`: the broker keeps the request until it is
+        answered, so its bytes are needed here no more."""
+
+        def published(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE jobs SET published = 1 WHERE id = ?", (job_id,))
+            if not keep_images:
+                db.execute("DELETE FROM job_blobs WHERE job_id = ?", (job_id,))
+
+        return self._file.write(published)
+
+    def unpublished(self, job_id: str | None = None) -> list[StoredRequest]:
+        """Unfinished jobs whose message the broker never confirmed (all, or the job `job_id`), oldest first."""
+        return self._requests("AND published = 0" + (" AND id = ?" if job_id else ""), (job_id,) if job_id else ())
 
     def discard(self, job_id: str) -> Future[None]:
         """Forget a job the broker refused: it was never accepted."""
@@ -257,9 +272,14 @@ class JobStore:
 
     def unfinished(self) -> list[StoredRequest]:
         """Every job accepted and not finished, oldest first, with its request."""
+        return self._requests("", ())
+
+    def _requests(self, condition: str, params: tuple[object, ...]) -> list[StoredRequest]:
+        """Unfinished jobs (and `condition` on them), oldest first, with their requests."""
         with self._file.reading() as db:
             jobs = db.execute(
-                "SELECT id, options, attempts FROM jobs WHERE status IN (?, ?) ORDER BY seq", _UNFINISHED
+                f"SELECT id, options, attempts FROM jobs WHERE status IN (?, ?) {condition} ORDER BY seq",
+                (*_UNFINISHED, *params),
             ).fetchall()
             requests = []
             for job_id, options, attempts in jobs:

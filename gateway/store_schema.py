@@ -2,7 +2,8 @@
 
 Version 2 keeps the image bytes of unfinished jobs in a table of their own (`job_blobs`): SQLite rewrites a
 whole row on every update, so with the bytes beside an image's state, marking it started or done copied a
-few hundred kilobytes each time.
+few hundred kilobytes each time. Version 3 records whether a job's message was confirmed by the broker
+(`published`): a job stored but never published (the gateway stopped before the confirm) is published again.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sqlite3
 
 from blipq.contract.errors import QueueUnavailable
 
-VERSION = 2
+VERSION = 3
 
 _JOB_IMAGES = """
 CREATE TABLE job_images (
@@ -51,7 +52,8 @@ CREATE TABLE jobs (
     owner TEXT,
     idem_key TEXT,
     idem_fingerprint TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    published INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX jobs_finished ON jobs(finished_at);
 CREATE INDEX jobs_owner ON jobs(owner, seq);
@@ -61,6 +63,9 @@ CREATE UNIQUE INDEX jobs_idempotency ON jobs(ifnull(owner, ''), idem_key) WHERE 
     + _PENDING_INDEX
     + _JOB_BLOBS
 )
+
+#: Version 2: jobs stored before it were all published (or replayed from the store by the embedded mode).
+_FROM_2 = "ALTER TABLE jobs ADD COLUMN published INTEGER NOT NULL DEFAULT 1;"
 
 #: Version 1 (unversioned): the image bytes in job_images.
 _FROM_1 = (
@@ -111,10 +116,13 @@ def prepare_schema(db: sqlite3.Connection) -> None:
 
 def _steps_up(db: sqlite3.Connection) -> str:
     tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version == 2:
+        return _FROM_2
     if "images" in tables:
-        return _FROM_QUEUE
+        return _FROM_QUEUE + _FROM_2
     if "job_images" in tables:
-        return _FROM_1
+        return _FROM_1 + _FROM_2
     return _TABLES
 
 

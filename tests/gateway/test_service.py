@@ -4,13 +4,19 @@ refused at first."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import sqlite3
+from pathlib import Path
 
 import pytest
 
-from blipq.contract.messages import ErrorInfo, ImageResult
+from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
+from blipq.contract.options import CaptionOptions
+from blipq.contract.requests import JobRequest
 from blipq.gateway import sqlite_file
 from blipq.gateway.broker import JobFinished
+from blipq.gateway.jobs import Idempotency, JobStatus
+from blipq.gateway.store import open_store
 from tests.gateway.conftest import AppFactory, finished_job
 from tests.helpers import pictures
 from tests.server import wait_until
@@ -56,3 +62,28 @@ def test_an_outcome_the_store_could_not_record_is_recorded_once_the_store_takes_
     job = finished_job(client, job_id)
     assert job.status == "succeeded"
     assert all(image.caption for image in job.images)
+
+
+def test_jobs_stored_but_never_published_are_published_at_start_up_and_on_a_retry(
+    make_client: AppFactory, tmp_path: Path
+) -> None:
+    """What a gateway killed between its store commit and the broker's confirm leaves behind: a job at start-up
+    (in the store the next gateway opens), and a job whose client retries with the same Idempotency-Key."""
+    images = pictures(3)
+    left = open_store(f"sqlite:///{tmp_path}/store-0.db")  # the store the first app of make_client opens
+    orphan, _ = left.create([ImageInput(data=image) for image in images[:2]], CaptionOptions()).result()
+    left.close()
+    client = make_client()
+    assert finished_job(client, orphan).status is JobStatus.SUCCEEDED
+    body = {"images": [{"b64": base64.b64encode(images[2]).decode()}]}
+    fingerprint = hashlib.sha256(JobRequest.model_validate(body).model_dump_json().encode()).hexdigest()
+    store = client.app.state.service.store
+    keyed, _ = store.create(
+        [ImageInput(data=images[2])], CaptionOptions(), idempotency=Idempotency("retry-me", fingerprint)
+    ).result()
+    retried = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "retry-me"})
+    assert retried.json()["id"] == keyed
+    assert finished_job(client, keyed).status is JobStatus.SUCCEEDED
+    again = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "retry-me"})  # published: not again
+    assert again.json()["id"] == keyed
+    assert store.unpublished() == []

@@ -164,7 +164,22 @@ def test_a_store_of_the_unversioned_layout_moves_its_image_bytes_aside(tmp_path:
     store.close()
     with sqlite3.connect(path) as db:
         assert "data" not in {row[1] for row in db.execute("PRAGMA table_info(job_images)")}
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+    assert open_store(f"sqlite:///{path}").unpublished() == []  # jobs of earlier versions count as published
+
+
+def test_a_store_of_version_2_learns_which_jobs_were_published(tmp_path: Path) -> None:
+    path = tmp_path / "blipq.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(VERSION_1_SCHEMA)
+    open_store(f"sqlite:///{path}").close()  # now version 3; back to what version 2 looked like:
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE jobs DROP COLUMN published")
+        db.execute("PRAGMA user_version = 2")
+    store = open_store(f"sqlite:///{path}")
+    assert [request.job_id for request in store.unfinished()] == ["a"]
+    assert store.unpublished() == []
+    store.close()
 
 
 def test_a_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
@@ -185,6 +200,21 @@ def test_image_bytes_are_kept_only_while_they_may_be_needed(store: JobStore, tmp
     store.finish(kept, CAPTIONS).result()
     with sqlite3.connect(tmp_path / "store.db") as db:
         assert db.execute("SELECT COUNT(*) FROM job_blobs").fetchone() == (0,)
+
+
+def test_a_job_is_unpublished_until_the_broker_confirmed_it_and_then_its_bytes_go(
+    store: JobStore, tmp_path: Path
+) -> None:
+    first, _ = store.create(TWO, CaptionOptions()).result()
+    second, _ = store.create(TWO, CaptionOptions()).result()
+    assert [request.job_id for request in store.unpublished()] == [first, second]
+    assert [request.images for request in store.unpublished(second)] == [tuple(TWO)]
+    store.published(first, keep_images=False).result()
+    store.published(second, keep_images=True).result()
+    assert store.unpublished() == []
+    requests = {request.job_id: request for request in store.unfinished()}
+    assert requests[first].images is None  # the broker has them
+    assert requests[second].images == tuple(TWO)  # the embedded mode replays from the store
 
 
 def test_writes_from_many_threads_are_committed_together_and_fail_alone(store: JobStore) -> None:
