@@ -60,7 +60,6 @@ class BatcherDied(RuntimeError):
 class _Delivery:
     """A request message as delivered on one connection (its tag means nothing on another)."""
 
-    generation: int
     delivery_tag: int
     reply_to: str
     correlation_id: str
@@ -76,7 +75,7 @@ class _Work:
     delivery: _Delivery | None
 
 
-#: Outcomes of work whose delivery was lost, kept for a copy delivered again: (results, when), by identity.
+#: Outcomes of work whose delivery was lost, kept (the newest ones) for a copy the broker delivers again.
 UNCLAIMED_KEPT = 1000
 
 
@@ -115,7 +114,7 @@ class AmqpWorker:
         self.batcher = Batcher(engine, config, on_start=lambda item: None, on_done=self._done, metrics=self.metrics)
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
-        self._generation = 0  # a new connection makes the delivery tags of the old one meaningless
+        self._generation = 0  # connections opened so far
         # Connection thread only: the work in the batcher by key, its key by request identity, and outcomes
         # whose delivery was lost. The batcher's threads hand outcomes over through `_completed`.
         self._work: dict[str, _Work] = {}
@@ -218,7 +217,7 @@ class AmqpWorker:
             log.warning("request %s rejected: %s", properties.correlation_id, exc.message)
             channel.basic_reject(tag, requeue=False)  # answered from the dead-letter queue
             return
-        delivery = _Delivery(self._generation, tag, properties.reply_to, properties.correlation_id, request)
+        delivery = _Delivery(tag, properties.reply_to, properties.correlation_id, request)
         # The publisher's message id, else its reply address: a copy delivered again, or published twice by a
         # publisher that retried, is the same request.
         identity = properties.message_id or f"{properties.reply_to} {properties.correlation_id}"
