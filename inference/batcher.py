@@ -163,9 +163,7 @@ class Batcher:
         run nor reported. The keys withdrawn."""
         wanted = set(keys)
         with self._changed:
-            withdrawn = [job for job in self._waiting if job.item.key in wanted and job.scheduled == 0]
-            for job in withdrawn:
-                self._waiting.remove(job)
+            withdrawn = self._remove_unstarted(lambda job: job.item.key in wanted)
         return [job.item.key for job in withdrawn]
 
     def alive(self) -> bool:
@@ -205,9 +203,10 @@ class Batcher:
                     self._hand_back_unstarted()
                     if not self._waiting:
                         return None
-                job = self._next_job() if self._decoding + len(self._ready) < self.config.prefetch else None
-                if job is not None:
-                    slot = _Slot(job, job.scheduled, self._scheduled, _host(job.item.images[job.scheduled]))
+                found = self._next_job() if self._decoding + len(self._ready) < self.config.prefetch else None
+                if found is not None:
+                    job, host = found
+                    slot = _Slot(job, job.scheduled, self._scheduled, host)
                     job.scheduled += 1
                     if job.scheduled == len(job.item.images):
                         self._waiting.remove(job)
@@ -218,20 +217,27 @@ class Batcher:
                     return slot
                 self._changed.wait()
 
-    def _next_job(self) -> _Progress | None:
+    def _next_job(self) -> tuple[_Progress, str | None] | None:
         """The oldest waiting job whose next image is not a URL on a host already holding its share of the
-        decode threads (half of them): a host that answers slowly delays its own images, not everyone's."""
+        decode threads (half of them), with that image's host: a host that answers slowly delays its own
+        images, not everyone's."""
         share = max(1, self.config.decode_threads // 2)
         for job in self._waiting:
             host = _host(job.item.images[job.scheduled])
             if host is None or self._fetching[host] < share:
-                return job
+                return job, host
         return None
 
     def _hand_back_unstarted(self) -> None:
-        for job in [job for job in self._waiting if job.scheduled == 0]:
+        self._handed_back += [job.item for job in self._remove_unstarted(lambda job: True)]
+
+    def _remove_unstarted(self, chosen: Callable[[_Progress], bool]) -> list[_Progress]:
+        """Take the `chosen` waiting jobs that have no image handed to decoding yet out of the queue (under the
+        lock)."""
+        removed = [job for job in self._waiting if job.scheduled == 0 and chosen(job)]
+        for job in removed:
             self._waiting.remove(job)
-            self._handed_back.append(job.item)
+        return removed
 
     def _decode(self, slot: _Slot) -> None:
         outcome: Tensor | BlipqError
