@@ -27,9 +27,11 @@ from typing import Any
 import torch
 from transformers import BlipForConditionalGeneration
 
-from blipq.inference.text_decoder import Cohort, StaticTextDecoder
+from blipq.inference.text_decoder import Cohort, StaticTextDecoder, rows_of
 
 log = logging.getLogger(__name__)
+
+ShapeKey = tuple[int, int, int, int]  # images, beams, max_length, patches
 
 #: Idle slot sets (and their graphs) kept for later cohorts; beyond it the least recently used is dropped.
 IDLE_SETS = 12
@@ -39,8 +41,7 @@ IDLE_SETS = 12
 class SlotSet:
     """Static buffers for one cohort shape: what a step reads and writes, and the step's graph on CUDA."""
 
-    images: int
-    beams: int
+    shape: ShapeKey
     keys: list[torch.Tensor]  # per layer: images*beams x heads x max_length x size
     values: list[torch.Tensor]
     cross_keys: list[torch.Tensor]  # per layer: images x heads x patches x size
@@ -50,15 +51,28 @@ class SlotSet:
     logits: torch.Tensor  # images*beams x vocabulary, float32: the step's output
     graph: torch.cuda.CUDAGraph | None = None
 
+    @property
+    def images(self) -> int:
+        return self.shape[0]
+
+    @property
+    def beams(self) -> int:
+        return self.shape[1]
+
+    def front(self, cohort: Cohort, images: int) -> None:
+        """Point the cohort's slots at the first `images` images' rows of this set."""
+        rows = images * self.beams
+        cohort.keys = [keys[:rows] for keys in self.keys]
+        cohort.values = [values[:rows] for values in self.values]
+        cohort.cross_keys = [keys[:images] for keys in self.cross_keys]
+        cohort.cross_values = [values[:images] for values in self.cross_values]
+
 
 @dataclass
 class SlottedCohort(Cohort):
     """A cohort whose slots are views of the first rows of a `SlotSet`."""
 
     slots: SlotSet | None = field(default=None, repr=False)
-
-
-ShapeKey = tuple[int, int, int, int]  # images, beams, max_length, patches
 
 
 class FixedSlotDecoder(StaticTextDecoder):
@@ -78,15 +92,9 @@ class FixedSlotDecoder(StaticTextDecoder):
         for index, (keys, values) in enumerate(self._cross_keys_values(image_embeds)):
             slots.cross_keys[index][:images] = keys
             slots.cross_values[index][:images] = values
-        rows = images * beams
-        return SlottedCohort(
-            beams,
-            keys=[keys[:rows] for keys in slots.keys],
-            values=[values[:rows] for values in slots.values],
-            cross_keys=[keys[:images] for keys in slots.cross_keys],
-            cross_values=[values[:images] for values in slots.cross_values],
-            slots=slots,
-        )
+        cohort = SlottedCohort(beams, slots=slots)
+        slots.front(cohort, images)
+        return cohort
 
     def step(self, cohorts: list[Cohort], tokens: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each cohort's step on its slot set's fixed shapes (its graph replayed where there is one)."""
@@ -106,7 +114,7 @@ class FixedSlotDecoder(StaticTextDecoder):
     def keep(self, cohort: Cohort, images: torch.Tensor) -> None:
         """The kept images' rows and keys/values move to the front of the slot set's buffers."""
         slots, filled = _slots(cohort), cohort.length
-        rows = (images[:, None] * cohort.beams + torch.arange(cohort.beams, device=images.device)).view(-1)
+        rows = rows_of(images, cohort.beams)
         count = rows.shape[0]
         for keys, values, whole_keys, whole_values in zip(
             cohort.keys, cohort.values, slots.keys, slots.values, strict=True
@@ -118,17 +126,13 @@ class FixedSlotDecoder(StaticTextDecoder):
         ):
             whole_keys[: images.shape[0]] = keys.index_select(0, images)
             whole_values[: images.shape[0]] = values.index_select(0, images)
-        cohort.keys = [keys[:count] for keys in slots.keys]
-        cohort.values = [values[:count] for values in slots.values]
-        cohort.cross_keys = [keys[: images.shape[0]] for keys in slots.cross_keys]
-        cohort.cross_values = [values[: images.shape[0]] for values in slots.cross_values]
+        slots.front(cohort, images.shape[0])
 
     def release(self, cohort: Cohort) -> None:
         slots = _slots(cohort)
-        key = (slots.images, slots.beams, slots.keys[0].shape[2], slots.cross_keys[0].shape[2])
         with self._lock:
-            self._idle.setdefault(key, []).append(slots)
-            self._idle.move_to_end(key)
+            self._idle.setdefault(slots.shape, []).append(slots)
+            self._idle.move_to_end(slots.shape)
             while sum(len(sets) for sets in self._idle.values()) > IDLE_SETS:
                 oldest = next(iter(self._idle))
                 self._idle[oldest].pop(0)
@@ -161,8 +165,7 @@ class FixedSlotDecoder(StaticTextDecoder):
         self_shape = (rows, self._heads, max_length, self._head_size)
         cross_shape = (images, self._heads, patches, self._head_size)
         return SlotSet(
-            images,
-            beams,
+            key,
             keys=[like.new_zeros(self_shape) for _ in range(layers)],
             values=[like.new_zeros(self_shape) for _ in range(layers)],
             cross_keys=[like.new_zeros(cross_shape) for _ in range(layers)],

@@ -113,7 +113,7 @@ class StaticTextDecoder:
 
     def keep(self, cohort: Cohort, images: torch.Tensor) -> None:
         """Keep only the images at indices `images` (ascending), with their rows, in the cohort."""
-        rows = (images[:, None] * cohort.beams + torch.arange(cohort.beams, device=images.device)).view(-1)
+        rows = rows_of(images, cohort.beams)
         cohort.keys = [keys.index_select(0, rows) for keys in cohort.keys]
         cohort.values = [values.index_select(0, rows) for values in cohort.values]
         cohort.cross_keys = [keys.index_select(0, images) for keys in cohort.cross_keys]
@@ -195,3 +195,8 @@ class StaticTextDecoder:
     def _merge_heads(self, context: torch.Tensor) -> torch.Tensor:
         rows, _, positions, _ = context.shape
         return context.permute(0, 2, 1, 3).contiguous().view(rows, positions, self._heads * self._head_size)
+
+
+def rows_of(images: torch.Tensor, beams: int) -> torch.Tensor:
+    """The cohort rows of the images at indices `images` (an image's beams are adjacent rows), in order."""
+    return (images[:, None] * beams + torch.arange(beams, device=images.device)).view(-1)
