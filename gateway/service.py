@@ -140,8 +140,7 @@ class Service:
                 await asyncio.wrap_future(self.store.fail(request.job_id, lost))
                 continue
             await anyio.to_thread.run_sync(self.store.requeued, request.job_id)
-            assert request.images is not None
-            await self.broker.publish(Dispatch(request.job_id, request.images, request.options))
+            await self._publish_stored(request)
 
     async def publish_unconfirmed(self) -> None:
         """At start-up, for a transport that keeps requests itself (RabbitMQ): publish the jobs stored but never
