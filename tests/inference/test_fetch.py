@@ -26,8 +26,8 @@ LOOPBACK_ONLY = FetchPolicy(timeout_s=5, allow_networks=("127.0.0.1/32",))
 
 
 class ImageHandler(BaseHTTPRequestHandler):
-    """/img.png, /page.html, /redirect?to=URL, /loop, /slow, /slow-headers, /sleepy-redirect; records the Host
-    header of every request."""
+    """/img.png, /page.html, /redirect?to=URL, /loop, /slow, /sleepy-redirect; records the Host header of every
+    request."""
 
     hosts: ClassVar[list[str]] = []
 
@@ -45,14 +45,6 @@ class ImageHandler(BaseHTTPRequestHandler):
             self.send_response(301)
             self.send_header("Location", "/loop")
             self.end_headers()
-        elif self.path == "/slow-headers":
-            try:
-                for byte in b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n":  # the status line crawls
-                    self.wfile.write(bytes([byte]))
-                    self.wfile.flush()
-                    time.sleep(0.1)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
         elif self.path == "/sleepy-redirect":
             time.sleep(0.4)  # each hop answers in time; all of them together do not
             self.send_response(302)
@@ -185,14 +177,17 @@ def test_limits_deadline_and_content(site: str) -> None:
         fetch_url("http://127.0.0.1:9/x.jpg", LOOPBACK_ONLY)
 
 
-@pytest.mark.parametrize("path", ["/slow", "/slow-headers", "/sleepy-redirect"])
-def test_the_deadline_covers_headers_redirects_and_body(site: str, path: str) -> None:
+@pytest.mark.parametrize(
+    ("server", "path"), [("site", "/slow"), ("crawling_server", "/"), ("site", "/sleepy-redirect")]
+)
+def test_the_deadline_covers_headers_redirects_and_body(request: pytest.FixtureRequest, server: str, path: str) -> None:
     """Each read arrives well within the deadline; the whole does not (a body of len(PNG) * 50 ms, a status line
-    of 4 s, redirects of 0.4 s each)."""
+    that never ends, redirects of 0.4 s each)."""
     policy = FetchPolicy(timeout_s=1, max_redirects=5, allow_networks=("127.0.0.1/32",))
+    base = request.getfixturevalue(server)
     started = time.monotonic()
     with pytest.raises(FetchFailed, match=r"could not be fetched within 1 s"):
-        fetch_url(f"{site}{path}", policy)
+        fetch_url(f"{base}{path}", policy)
     assert time.monotonic() - started < 1.5
 
 
