@@ -4,7 +4,7 @@ import itertools
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,36 +27,53 @@ from blipq.inference.metrics import InferenceMetrics
 from tests.rabbitmq import TestBroker
 from tests.server import Server, WorkerProcess, free_port, wait_until
 
+#: The transports the app runs on. A test runs in the embedded mode only, unless it is marked `both_modes`:
+#: the transport matters to it (publishing, replies, waiting, readiness, what the worker checks).
+MODES = ("embedded", "rabbitmq")
 
-@pytest.fixture(scope="package", params=["embedded", "rabbitmq"])
-def server(
-    request: pytest.FixtureRequest,
-    tiny_checkpoint: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    rabbitmq: TestBroker,
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    modes = list(MODES) if metafunc.definition.get_closest_marker("both_modes") else ["embedded"]
+    for fixture in ("server", "make_client"):
+        if fixture in metafunc.fixturenames:
+            metafunc.parametrize(fixture, modes, indirect=True)
+
+
+@contextmanager
+def running_server(
+    mode: str, request: pytest.FixtureRequest, checkpoint: Path, data: Path, env: dict[str, str]
 ) -> Iterator[Server]:
-    """A real `blipq serve` shared by the API tests, in each mode: embedded (uvicorn + SQLite + the model on
-    its threads), and over RabbitMQ (the gateway publishing to a real broker, a `blipq worker` consuming)."""
-    # The loopback file server stands in for the internet: allow it past the SSRF address check.
-    allow_loopback = {"BLIPQ_FETCH_ALLOW_NETWORKS": "127.0.0.0/8"}
-    data = tmp_path_factory.mktemp(f"serve-{request.param}")
-    if request.param == "embedded":
-        running = Server(tiny_checkpoint, data, env=allow_loopback).start()
+    """A real `blipq serve` in `mode`: embedded (uvicorn + SQLite + the model on its threads), or over
+    RabbitMQ (the gateway publishing to a real broker, a `blipq worker` consuming). `env` goes to both."""
+    if mode == "embedded":
+        running = Server(checkpoint, data, env=env).start()
         yield running
         running.stop()
         return
-    url = rabbitmq.fresh_url()
+    url = request.getfixturevalue("rabbitmq").fresh_url()
     metrics_port = free_port()
-    worker = WorkerProcess(
-        tiny_checkpoint, url, data / "worker.log", "--metrics-port", str(metrics_port), env=allow_loopback
-    ).start()
+    worker = WorkerProcess(checkpoint, url, data / "worker.log", "--metrics-port", str(metrics_port), env=env).start()
     try:
-        running = Server(tiny_checkpoint, data, "--broker", url, env=allow_loopback).start()
+        running = Server(checkpoint, data, "--broker", url, env=env).start()
         running.worker_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         yield running
         running.stop()
     finally:
         worker.stop()
+
+
+#: The loopback file server stands in for the internet: allow it past the SSRF address check.
+ALLOW_LOOPBACK = {"BLIPQ_FETCH_ALLOW_NETWORKS": "127.0.0.0/8"}
+
+
+@pytest.fixture(scope="package")
+def server(
+    request: pytest.FixtureRequest, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A real `blipq serve` shared by the API tests (see `running_server`)."""
+    data = tmp_path_factory.mktemp(f"serve-{request.param}")
+    with running_server(request.param, request, tiny_checkpoint, data, ALLOW_LOOPBACK) as running:
+        yield running
 
 
 class HeldModelBroker(InProcessBroker):
@@ -111,7 +128,7 @@ class RabbitModel:
             self._thread.join(60)
 
 
-@pytest.fixture(params=["embedded", "rabbitmq"])
+@pytest.fixture
 def make_client(request: pytest.FixtureRequest, tmp_path: Path, engine: CaptionEngine) -> Iterator[AppFactory]:
     """Build the app in-process on a real SQLite store, in each mode: the embedded transport with the tiny
     model, or RabbitMQ (the test's broker) with an `AmqpWorker` thread running the tiny model.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
 from tests.gateway.conftest import AppFactory
 from tests.helpers import pictures
 from tests.server import wait_until
@@ -11,6 +13,7 @@ from tests.server import wait_until
 IMAGES = [base64.b64encode(data).decode() for data in pictures(3)]
 
 
+@pytest.mark.both_modes
 def test_a_flood_gets_429_with_retry_after_and_the_service_recovers(make_client: AppFactory) -> None:
     client = make_client(max_queue_depth=5, model_running=False)
     body = {"imgb64s": IMAGES[:2]}
@@ -41,6 +44,7 @@ def test_rate_limit_per_key_with_retry_after(make_client: AppFactory) -> None:
     assert client.get("/healthz").status_code == 200  # health is never limited
 
 
+@pytest.mark.both_modes
 def test_idempotency_key_returns_the_same_job_and_refuses_a_different_body(make_client: AppFactory) -> None:
     client = make_client(model_running=False)
     body = {"images": [{"b64": IMAGES[0]}], "options": {"num_beams": 1}}

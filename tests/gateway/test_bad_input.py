@@ -91,6 +91,7 @@ def test_bad_input_gets_a_clear_json_error(
     assert client.get("/healthz").status_code == 200
 
 
+@pytest.mark.both_modes
 def test_blocking_timeout_is_504_with_the_job_id(client: TestClient) -> None:
     response = client.post("/captionImageBlocking", json={"imgb64s": [PNG]})
     assert response.status_code == 504
@@ -102,6 +103,7 @@ def test_blocking_timeout_is_504_with_the_job_id(client: TestClient) -> None:
     assert client.post("/v1/hf", content=base64.b64decode(PNG)).status_code == 504
 
 
+@pytest.mark.both_modes
 def test_a_stopped_model_is_503_on_readyz(make_client: AppFactory) -> None:
     """Embedded, a job cannot be accepted without the model (503, nothing left behind); over RabbitMQ it is
     accepted, and waits in the broker for a worker."""

@@ -4,12 +4,12 @@ from this server."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.browser import chromium_executable
 from tests.gateway.conftest import AppFactory
 from tests.server import Server
 
@@ -34,8 +34,7 @@ def test_a_browser_renders_the_docs_with_no_other_host_reachable(
     server: Server, tmp_path: Path, page: str, rendered: str
 ) -> None:
     """Headless Chromium with every host name but loopback unresolvable: the page still draws the API."""
-    chromium = shutil.which("chromium")
-    assert chromium, "the docs test needs Debian's chromium package (bash .ci/run installs it)"
+    chromium = chromium_executable()
     result = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tmp_path}",
          "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--virtual-time-budget=15000",

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Iterator
 
 import httpx
+import pytest
 
 from tests.gateway.conftest import AppFactory, finished_job
 from tests.helpers import drawing, encode, noise, png_declaring
@@ -43,6 +44,7 @@ def test_body_size_is_counted_as_it_arrives(make_client: AppFactory) -> None:
     assert client.app.state.service.store.pending_images() == 0
 
 
+@pytest.mark.both_modes
 def test_per_image_bytes_pixels_and_formats(make_client: AppFactory) -> None:
     client = make_client(max_image_bytes=len(PNG) + 10, max_image_pixels=100_000, image_formats="PNG")
     big = encode(noise(200, 200, seed=1), "PNG")
@@ -80,6 +82,7 @@ def test_images_per_job_and_url_length(make_client: AppFactory) -> None:
     assert "image 0: the URL is 3024 characters; the limit is 2048" in message
 
 
+@pytest.mark.both_modes
 def test_oddities_that_pass_the_header_check_fail_alone_in_the_worker(make_client: AppFactory) -> None:
     """A JPEG cut after its header is accepted, then fails with its own error while its job succeeds."""
     client = make_client()

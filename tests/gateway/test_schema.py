@@ -1,8 +1,9 @@
-"""Property-based tests of every route from the app's own OpenAPI schema (schemathesis, in-process ASGI).
+"""Property-based tests of every route from the app's own OpenAPI schema (schemathesis).
 
 Generated requests, valid and invalid, must never get a 5xx, and every response must match the
 schema: a documented status code, content type, headers and body. A real worker with the tiny
-model runs behind the app, so blocking routes answer instead of timing out.
+model runs behind the app, so blocking routes answer instead of timing out: in the embedded mode,
+and over a real RabbitMQ.
 
 Examples per route: BLIPQ_SCHEMA_EXAMPLES (default 30 in CI); e.g. 1000 for a long run.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +38,7 @@ from blipq.inference.batcher import BatcherConfig
 from blipq.inference.engine import CaptionEngine
 from blipq.inference.fetch import FetchPolicy
 from blipq.inference.metrics import InferenceMetrics
+from tests.gateway.conftest import ALLOW_LOOPBACK, MODES, running_server
 
 EXAMPLES = int(os.environ.get("BLIPQ_SCHEMA_EXAMPLES", "30"))
 CHECKS = [
@@ -49,16 +52,34 @@ CHECKS = [
 # purpose, so "positive data is accepted" is not a property of this API; the checks above are.
 
 
-@pytest.fixture(scope="module")
-def api_schema(tmp_path_factory: pytest.TempPathFactory, engine: CaptionEngine) -> Iterator[BaseSchema]:
-    root = tmp_path_factory.mktemp("schema")
-    config = GatewaySettings(store=f"sqlite:///{root}/store.db", blocking_timeout_s=30, max_images_per_job=8)
-    store = open_store(config.store)
-    batching = BatcherConfig(max_batch=4, fetch=FetchPolicy(timeout_s=2))
-    app = create_app(config, store, InProcessBroker(engine, batching, model="tiny", metrics=InferenceMetrics()))
-    with TestClient(app):
-        yield schemathesis.openapi.from_asgi("/openapi.json", app)
-    store.close()
+@pytest.fixture(scope="module", params=MODES)
+def api_schema(
+    request: pytest.FixtureRequest,
+    tiny_checkpoint: Path,
+    engine: CaptionEngine,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[BaseSchema]:
+    """Embedded: the app in this process, called as ASGI (the cheap way: no server, no HTTP). Over RabbitMQ:
+    a real `blipq serve --broker` and `blipq worker` of their own, called over HTTP, since the gateway's
+    connection lives on its server's event loop and schemathesis calls an ASGI app on a loop of its own."""
+    root = tmp_path_factory.mktemp(f"schema-{request.param}")
+    if request.param == "embedded":
+        config = GatewaySettings(store=f"sqlite:///{root}/store.db", blocking_timeout_s=30, max_images_per_job=8)
+        store = open_store(config.store)
+        batching = BatcherConfig(max_batch=4, fetch=FetchPolicy(timeout_s=2))
+        app = create_app(config, store, InProcessBroker(engine, batching, model="tiny", metrics=InferenceMetrics()))
+        with TestClient(app):
+            yield schemathesis.openapi.from_asgi("/openapi.json", app)
+        store.close()
+        return
+    env = {
+        **ALLOW_LOOPBACK,
+        "BLIPQ_BLOCKING_TIMEOUT_S": "30",
+        "BLIPQ_MAX_IMAGES_PER_JOB": "8",
+        "BLIPQ_FETCH_TIMEOUT_S": "2",
+    }
+    with running_server(request.param, request, tiny_checkpoint, root, env) as server:
+        yield schemathesis.openapi.from_url(f"{server.url}/openapi.json")
 
 
 def test_no_server_errors_and_responses_match_the_schema(api_schema: BaseSchema) -> None:

@@ -7,12 +7,16 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from blipq.contract.options import CaptionOptions
 from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
 from tests.helpers import drawing, encode, noise
 from tests.server import Server
+
+# The transport matters to every test here: each runs in both modes.
+pytestmark = pytest.mark.both_modes
 
 CAT = encode(noise(320, 240, seed=11), "JPEG")
 DOG = encode(drawing(200, 300, "white", "brown"), "PNG")

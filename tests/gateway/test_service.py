@@ -21,6 +21,9 @@ from tests.gateway.conftest import AppFactory, finished_job
 from tests.helpers import pictures
 from tests.server import wait_until
 
+# The transport matters to every test here: each runs in both modes.
+pytestmark = pytest.mark.both_modes
+
 
 def test_an_error_for_the_whole_job_fails_each_image_and_is_counted(make_client: AppFactory) -> None:
     client = make_client(model_running=False)

@@ -4,6 +4,7 @@ import base64
 import time
 
 import httpx
+import pytest
 from huggingface_hub import InferenceClient
 
 from blipq.contract.options import CaptionOptions
@@ -11,6 +12,9 @@ from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
 from tests.helpers import drawing, encode, noise
 from tests.server import Server
+
+# The transport matters to every test here: each runs in both modes.
+pytestmark = pytest.mark.both_modes
 
 PHOTO = encode(noise(300, 200, seed=21), "JPEG")
 SKETCH = encode(drawing(150, 150, "yellow", "black"), "PNG")

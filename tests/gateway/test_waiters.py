@@ -5,9 +5,14 @@ from __future__ import annotations
 import base64
 import threading
 
+import pytest
+
 from blipq.gateway.waiters import Waiters
 from tests.gateway.conftest import AppFactory
 from tests.helpers import pictures
+
+# The transport matters to every test here: each runs in both modes.
+pytestmark = pytest.mark.both_modes
 
 
 def test_everyone_waiting_for_a_job_is_woken_once_and_forgotten() -> None:
