@@ -20,7 +20,7 @@ from blipq.gateway.body_limit import BodySizeLimit
 from blipq.gateway.broker import Broker
 from blipq.gateway.errors import install_error_handlers
 from blipq.gateway.metrics import GatewayMetrics
-from blipq.gateway.routes import health, seed, v1
+from blipq.gateway.routes import health, page, seed, v1
 from blipq.gateway.service import Service
 from blipq.gateway.settings import GatewaySettings
 from blipq.gateway.store import JobStore
@@ -99,6 +99,8 @@ def create_app(
     app.include_router(seed.router)
     app.include_router(v1.router)
     app.include_router(health.router)
+    app.include_router(page.router)
+    app.mount("/page", page.assets, name="page")
     return app
 
 

@@ -65,6 +65,8 @@ def test_health_metrics_and_docs_stay_open(client: TestClient) -> None:
     assert client.get("/readyz").status_code == 503  # open, and honest: no worker
     assert client.get("/metrics").status_code == 200
     assert client.get("/openapi.json").status_code == 200
+    assert client.get("/").status_code == 200  # the page asks for a key itself, when one is needed
+    assert client.get("/page/page.js").status_code == 200
 
 
 def test_one_key_cannot_see_or_cancel_anothers_job(client: TestClient) -> None:
