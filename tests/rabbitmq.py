@@ -95,24 +95,25 @@ class RabbitNode:
 class TestBroker:
     """Hands out a URL to a fresh virtual host per test.
 
-    A node of ours makes them in batches: each `rabbitmqctl` call starts an Erlang VM (about 2 s of CPU),
-    so one `import_definitions` adds VHOST_BATCH of them at once."""
+    A node of ours makes them in batches (`batch` at a time): each `rabbitmqctl` call starts an Erlang VM
+    (about 2 s of CPU), and one `import_definitions` adds the whole batch."""
 
-    def __init__(self, base_url: str, add_vhosts: Callable[[list[str]], None] | None) -> None:
+    def __init__(self, base_url: str, add_vhosts: Callable[[list[str]], None] | None, batch: int = 1) -> None:
         self.base_url = base_url
         self._add_vhosts = add_vhosts
+        self._batch = batch
         self._ready: list[str] = []
 
     def fresh_url(self) -> str:
         if self._add_vhosts is None:
             return self.base_url  # an outside broker: the tests share its vhost
         if not self._ready:
-            self._ready = [f"t-{uuid.uuid4().hex[:12]}" for _ in range(VHOST_BATCH)]
+            self._ready = [f"t-{uuid.uuid4().hex[:12]}" for _ in range(self._batch)]
             self._add_vhosts(self._ready)
         return self.base_url.rsplit("/", 1)[0] + "/" + self._ready.pop()
 
 
-#: Virtual hosts made per `rabbitmqctl` call.
+#: Virtual hosts a node of ours makes per `rabbitmqctl import_definitions` call.
 VHOST_BATCH = 24
 
 
@@ -138,7 +139,7 @@ def open_test_broker(root: Path) -> tuple[TestBroker, Callable[[], None]]:
 
         container = RabbitMqContainer("rabbitmq:3.13-alpine").start()
 
-        def add_vhosts(names: list[str]) -> None:
+        def add_vhosts(names: list[str]) -> None:  # one at a time: a batch would cost a docker exec per name
             for name in names:
                 container.exec(["rabbitmqctl", "add_vhost", name])
                 container.exec(["rabbitmqctl", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"])
@@ -152,4 +153,4 @@ def open_test_broker(root: Path) -> tuple[TestBroker, Callable[[], None]]:
         definitions.write_text(json.dumps(vhost_definitions(names)))
         node.ctl("import_definitions", str(definitions))
 
-    return TestBroker(node.url(), add_node_vhosts), node.stop
+    return TestBroker(node.url(), add_node_vhosts, batch=VHOST_BATCH), node.stop

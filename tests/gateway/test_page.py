@@ -109,7 +109,8 @@ def test_picked_files_get_the_engines_captions_and_a_bad_file_its_error(
     page.fill("#num_beams", "1")
     page.fill("#prompt", "")
     pick(page, ("sketch.png", "image/png", SKETCH))
-    assert captions(page, 3)[-1] == ("sketch.png", *engine.caption([decode_image(SKETCH)], greedy_no_prompt()))
+    greedy_no_prompt = CaptionOptions(num_beams=1, prompt="")
+    assert captions(page, 3)[-1] == ("sketch.png", *engine.caption([decode_image(SKETCH)], greedy_no_prompt))
 
     if (target := os.environ.get("BLIPQ_PAGE_SCREENSHOT")) and server.mode == "embedded":
         page.set_viewport_size({"width": 1000, "height": 900})
@@ -117,10 +118,6 @@ def test_picked_files_get_the_engines_captions_and_a_bad_file_its_error(
     outside = [url for url in requested if not url.startswith((server.url, "blob:", "data:"))]
     assert not outside, f"the page requested other hosts: {outside}"
     assert any(url == f"{server.url}/v1/captions" for url in requested)
-
-
-def greedy_no_prompt() -> CaptionOptions:
-    return CaptionOptions(num_beams=1, prompt="")
 
 
 @pytest.fixture(scope="module")

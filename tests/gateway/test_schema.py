@@ -51,6 +51,11 @@ CHECKS = [
 # Semantic checks (a base64 string must also decode to an image) make schema-valid bodies fail on
 # purpose, so "positive data is accepted" is not a property of this API; the checks above are.
 
+#: The service under test, in both modes: blocking routes answer in time, jobs stay small, URLs fail fast.
+BLOCKING_TIMEOUT_S = 30
+MAX_IMAGES = 8
+FETCH_TIMEOUT_S = 2
+
 
 @pytest.fixture(scope="module", params=MODES)
 def api_schema(
@@ -64,9 +69,11 @@ def api_schema(
     connection lives on its server's event loop and schemathesis calls an ASGI app on a loop of its own."""
     root = tmp_path_factory.mktemp(f"schema-{request.param}")
     if request.param == "embedded":
-        config = GatewaySettings(store=f"sqlite:///{root}/store.db", blocking_timeout_s=30, max_images_per_job=8)
+        config = GatewaySettings(
+            store=f"sqlite:///{root}/store.db", blocking_timeout_s=BLOCKING_TIMEOUT_S, max_images_per_job=MAX_IMAGES
+        )
         store = open_store(config.store)
-        batching = BatcherConfig(max_batch=4, fetch=FetchPolicy(timeout_s=2))
+        batching = BatcherConfig(max_batch=4, fetch=FetchPolicy(timeout_s=FETCH_TIMEOUT_S))
         app = create_app(config, store, InProcessBroker(engine, batching, model="tiny", metrics=InferenceMetrics()))
         with TestClient(app):
             yield schemathesis.openapi.from_asgi("/openapi.json", app)
@@ -74,9 +81,9 @@ def api_schema(
         return
     env = {
         **ALLOW_LOOPBACK,
-        "BLIPQ_BLOCKING_TIMEOUT_S": "30",
-        "BLIPQ_MAX_IMAGES_PER_JOB": "8",
-        "BLIPQ_FETCH_TIMEOUT_S": "2",
+        "BLIPQ_BLOCKING_TIMEOUT_S": str(BLOCKING_TIMEOUT_S),
+        "BLIPQ_MAX_IMAGES_PER_JOB": str(MAX_IMAGES),
+        "BLIPQ_FETCH_TIMEOUT_S": str(FETCH_TIMEOUT_S),
     }
     with running_server(request.param, request, tiny_checkpoint, root, env) as server:
         yield schemathesis.openapi.from_url(f"{server.url}/openapi.json")
