@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from collections import Counter
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+import torch
 
 from blipq.engine_build.synthetic import write_test_checkpoint
 from blipq.inference.engine import CaptionEngine, quiet_transformers
@@ -17,6 +19,12 @@ from tests.rabbitmq import TestBroker, open_test_broker
 from tests.wheels import build_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The tests run two at a time (pytest-xdist), each starting servers and workers of its own: many processes
+# share few cores. torch's default of one thread per core in each, spinning while it waits for work,
+# would take the cores from the others.
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # the processes the tests start
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # this one
 
 
 @pytest.fixture(scope="session")

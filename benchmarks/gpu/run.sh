@@ -40,7 +40,8 @@ step() {  # step SECONDS NAME COMMAND...: run it with a time limit, say how it w
     python3 -c "import sys, torch, transformers; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
     nproc
     step 80 "checkpoint" python3 -c "from benchmarks.inputs import checkpoint, make_inputs; checkpoint('$size'); make_inputs(48)"
-    step 120 "GPU tests" python3 -m pytest -q -p no:cacheprovider -x --timeout 120 \
+    # -o addopts=: the lent machine has no pytest-xdist; these tests run in one process.
+    step 120 "GPU tests" python3 -m pytest -q -p no:cacheprovider -o addopts= -x --timeout 120 \
         tests/inference/test_cuda.py tests/inference/test_preprocess.py tests/engine_build/test_tensorrt_gpu.py
     step 110 "served against the engine" python3 -m benchmarks.throughput --served --size "$size" --device "$device" \
         --dtype "$dtype" --images "$images" --batch 64 --concurrency 128 --rounds 1 --no-scaling

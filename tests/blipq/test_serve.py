@@ -37,6 +37,15 @@ def assert_all_captioned_once(
         assert all(image["status"] == "done" for image in job["images"])
 
 
+def stored_statuses(data_dir: Path, ids: list[str]) -> list[JobStatus]:
+    """The jobs' statuses as the store on disk holds them (the server that wrote it is gone)."""
+    store = open_store(f"sqlite:///{data_dir}/store.db")
+    try:
+        return [store.get(job_id).status for job_id in ids]
+    finally:
+        store.close()
+
+
 def restart_and_finish(
     model: Path, data_dir: Path, ids: list[str], batches: list[list[bytes]], engine: CaptionEngine
 ) -> None:
@@ -52,14 +61,15 @@ def restart_and_finish(
 def test_kill_9_then_restart_finishes_every_accepted_job(
     tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
 ) -> None:
-    """kill -9 with jobs finished, running and queued; the restart on the same store runs the rest."""
+    """kill -9 with a job finished and others just accepted; the restart on the same store runs the rest."""
     first = Server(tiny_checkpoint, tmp_path, "--max-batch", "4").start()
-    batches = [pictures(30)[i : i + 10] for i in range(0, 30, 10)]
-    ids = [submit_job(first, images) for images in batches]
+    images = pictures(60)
+    batches = [images[:10], images[10:20], images[20:]]  # the last: seconds of model time
+    ids = [submit_job(first, batches[0])]
     wait_until(lambda: jobs(first, ids)[0]["status"] == "succeeded")
-    statuses = [job["status"] for job in jobs(first, ids)]
-    first.kill()
-    assert statuses[-1] != "succeeded", "the last job must still be unfinished when the server dies"
+    ids += [submit_job(first, images) for images in batches[1:]]
+    first.kill()  # at once: accepted (stored) moments ago, the last job cannot be finished yet
+    assert stored_statuses(tmp_path, ids)[-1] is not JobStatus.SUCCEEDED, "the kill came too late to test much"
     restart_and_finish(tiny_checkpoint, tmp_path, ids, batches, engine)
 
 
@@ -90,15 +100,14 @@ def test_sigterm_leaves_jobs_not_started_in_the_store_for_the_next_start(
     tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
 ) -> None:
     first = Server(tiny_checkpoint, tmp_path, "--max-batch", "1").start()
-    batches = [pictures(30)[i : i + 10] for i in range(0, 30, 10)]  # about 1 s of model time per job
+    images = pictures(50)
+    batches = [images[:10], images[10:40], images[40:]]  # at one image per model call, seconds between starts
     ids = [submit_job(first, images) for images in batches]
-    wait_until(lambda: jobs(first, ids)[0]["status"] == "running")
+    wait_until(lambda: jobs(first, ids)[0]["status"] != "queued")
     first.stop()
     assert first.process is not None
     assert first.process.returncode in (0, -signal.SIGTERM)
-    store = open_store(f"sqlite:///{tmp_path}/store.db")
-    statuses = [store.get(job_id).status for job_id in ids]
-    store.close()
+    statuses = stored_statuses(tmp_path, ids)
     assert statuses[0] is JobStatus.SUCCEEDED  # started before SIGTERM: finished before the exit
     assert statuses[-1] is JobStatus.QUEUED  # never started: left for the next start
     restart_and_finish(tiny_checkpoint, tmp_path, ids, batches, engine)

@@ -177,7 +177,8 @@ def test_an_expired_request_is_answered_expired(amqp_url: str, engine: CaptionEn
     client = OutsidePublisher(amqp_url)
     try:
         client.publish(request(pictures(1)), "short", expiration="50")
-        time.sleep(0.5)
+        # Expired with no worker running: it waits in the dead-letter queue for the next worker.
+        wait_until(lambda: client.channel.queue_declare("blipq.dead", passive=True).method.message_count == 1)
         with running_worker(amqp_url, engine):
             replies = client.replies(1)
     finally:

@@ -162,8 +162,8 @@ def test_out_of_memory_splits_the_batch(
     # a small GPU: more than 2 images are out of memory
     sizes = record_calls(monkeypatch, engine, "start_search", fails=lambda _, size: size > 2)
     data = pictures(6)
-    # a long batch wait: the model takes all six together, however long they take to decode
-    batcher = make_batcher(BatcherConfig(max_batch=8, batch_wait_ms=5000))
+    # a long batch wait and room for six: the model takes all six together as soon as they are decoded
+    batcher = make_batcher(BatcherConfig(max_batch=6, batch_wait_ms=5000))
     batcher.submit(job("six", data))
     (results,) = outcomes.wait(["six"])
     monkeypatch.undo()
@@ -177,7 +177,7 @@ def test_a_step_that_fails_hands_the_images_in_flight_to_batches(
     record_calls(monkeypatch, engine, "step_searches", fails=lambda call, _: call == 3)  # the third step
     batches = record_calls(monkeypatch, engine, "generate")
     data = pictures(4)
-    batcher = make_batcher(BatcherConfig(max_batch=8, batch_wait_ms=5000))
+    batcher = make_batcher(BatcherConfig(max_batch=4, batch_wait_ms=5000))  # the four together, at once
     batcher.submit(job("four", data))
     (results,) = outcomes.wait(["four"])
     monkeypatch.undo()
