@@ -15,6 +15,9 @@ from typing import Any
 
 import httpx
 
+from blipq.gateway.jobs import JobStatus
+from blipq.gateway.store import open_store
+
 
 def terminate(process: subprocess.Popen[bytes] | None, grace_s: float = 60) -> None:
     """SIGTERM a process started in its own session and wait; SIGKILL its whole session after `grace_s`."""
@@ -129,3 +132,12 @@ def get_job(server: Server, job_id: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def stored_statuses(data_dir: Path, ids: list[str]) -> list[JobStatus]:
+    """The jobs' statuses as the store a `Server` kept in `data_dir` holds them (read from the file)."""
+    store = open_store(f"sqlite:///{data_dir}/store.db")
+    try:
+        return [store.get(job_id).status for job_id in ids]
+    finally:
+        store.close()

@@ -1,12 +1,14 @@
 """`blipq serve --broker` and `blipq worker` as real processes on a real RabbitMQ, under failures: a worker
 killed while holding messages, the broker stopped and started again, the gateway killed and restarted, a
-request that kills every worker taking it (answered worker_lost after the delivery limit)."""
+request that kills every worker taking it (answered worker_lost after the delivery limit), a worker told to stop
+(SIGTERM) with requests in hand."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
 import json
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,12 @@ import pika
 import pytest
 
 from blipq.contract.options import CaptionOptions
+from blipq.gateway.jobs import JobStatus
 from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
 from tests.helpers import pictures
 from tests.rabbitmq import RabbitNode
-from tests.server import Server, WorkerProcess, get_job, submit_job, wait_until
+from tests.server import Server, WorkerProcess, get_job, stored_statuses, submit_job, wait_until
 
 
 def statuses(server: Server, ids: list[str]) -> list[str]:
@@ -72,6 +75,9 @@ def test_the_broker_stopped_and_started_again_loses_no_accepted_job(
         batches = [pictures(20)[i : i + 5] for i in range(0, 20, 5)]
         ids = [submit_job(gateway, batch) for batch in batches]
         node.stop()
+        # Nothing can be answered while the broker is down: what is unfinished now was outstanding at the cut.
+        assert set(statuses(gateway, ids)) != {"succeeded"}
+        assert not blocking
         refused = httpx.post(f"{gateway.url}/v1/jobs", json={"images": [{"b64": body["imgb64s"][0]}]}, timeout=30)
         assert (refused.status_code, refused.json()["error"]["code"]) == (503, "queue_unavailable")
         assert httpx.get(f"{gateway.url}/readyz", timeout=10).status_code == 503
@@ -101,6 +107,7 @@ def test_a_restarted_gateway_records_the_replies_that_waited_for_it(
         batches = [pictures(24)[i : i + 8] for i in range(0, 24, 8)]
         ids = [submit_job(first, batch) for batch in batches]
         first.kill()  # replies for these jobs now wait in blipq.replies.gw-restart
+        assert set(stored_statuses(tmp_path, ids)) != {JobStatus.SUCCEEDED}, "nothing was outstanding at the kill"
         second = Server(tiny_checkpoint, tmp_path, *identity).start()
         try:
             wait_until(lambda: set(statuses(second, ids)) == {"succeeded"})
@@ -196,6 +203,40 @@ def test_a_message_that_kills_its_worker_each_time_is_answered_worker_lost(
         assert (answer["id"], answer["status"], answer["error"]["code"]) == ("poison", "failed", "worker_lost")
     finally:
         last.stop()
+
+
+def test_sigterm_answers_the_requests_the_worker_holds_and_leaves_the_rest_queued(
+    amqp_url: str, tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
+) -> None:
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess(tiny_checkpoint, amqp_url, log, "--max-batch", "1").start()  # it holds 2 (prefetch)
+    try:
+        wait_until(lambda: "consuming blipq.caption" in log.read_text())
+        with contextlib.closing(pika.BlockingConnection(pika.URLParameters(amqp_url))) as client:
+            channel = client.channel()
+            channel.confirm_delivery()
+            replies = channel.queue_declare("", exclusive=True).method.queue
+            requests = {f"r{n}": pictures(20)[4 * n : 4 * n + 4] for n in range(5)}  # 4 model calls each
+            for correlation_id, images in requests.items():
+                body = {"images": [{"b64": base64.b64encode(image).decode()} for image in images]}
+                properties = pika.BasicProperties(reply_to=replies, correlation_id=correlation_id, delivery_mode=2)
+                channel.basic_publish("blipq", "caption", json.dumps(body), properties, mandatory=True)
+            wait_until(lambda: _counts(amqp_url, "blipq.caption")[0] <= 3)  # the worker holds some
+            assert worker.process is not None
+            worker.process.send_signal(signal.SIGTERM)
+            assert worker.process.wait(60) == 0
+            left, consumers = _counts(amqp_url, "blipq.caption")
+            answered: dict[str, dict[str, Any]] = {}
+            while (message := channel.basic_get(replies, auto_ack=True))[0] is not None:
+                answered[message[1].correlation_id] = json.loads(message[2])
+    finally:
+        worker.stop()
+    assert consumers == 0
+    assert answered, "the worker exited without answering what it held"
+    assert len(answered) + left == len(requests)  # each request answered, or still queued: none lost or twice
+    for correlation_id, reply in answered.items():
+        expected = engine.caption([decode_image(image) for image in requests[correlation_id]], CaptionOptions())
+        assert [image["caption"] for image in reply["images"]] == expected
 
 
 def _counts(url: str, queue: str) -> tuple[int, int]:

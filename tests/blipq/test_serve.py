@@ -12,11 +12,10 @@ import httpx
 
 from blipq.contract.options import CaptionOptions
 from blipq.gateway.jobs import JobStatus
-from blipq.gateway.store import open_store
 from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
 from tests.helpers import pictures
-from tests.server import Server, get_job, submit_job, wait_until
+from tests.server import Server, get_job, stored_statuses, submit_job, wait_until
 
 
 def jobs(server: Server, ids: list[str]) -> list[dict[str, Any]]:
@@ -35,15 +34,6 @@ def assert_all_captioned_once(
         expected = engine.caption([decode_image(image) for image in images], CaptionOptions())
         assert [image["caption"] for image in job["images"]] == expected
         assert all(image["status"] == "done" for image in job["images"])
-
-
-def stored_statuses(data_dir: Path, ids: list[str]) -> list[JobStatus]:
-    """The jobs' statuses as the store on disk holds them (the server that wrote it is gone)."""
-    store = open_store(f"sqlite:///{data_dir}/store.db")
-    try:
-        return [store.get(job_id).status for job_id in ids]
-    finally:
-        store.close()
 
 
 def restart_and_finish(

@@ -27,13 +27,17 @@ from blipq.inference.metrics import InferenceMetrics
 from tests.rabbitmq import TestBroker
 from tests.server import Server, WorkerProcess, free_port, wait_until
 
-#: The transports the app runs on. A test runs in the embedded mode only, unless it is marked `both_modes`:
-#: the transport matters to it (publishing, replies, waiting, readiness, what the worker checks).
+#: The transports the app runs on. A test runs in the embedded mode only, unless it is marked `both_modes`
+#: (the transport matters to it: publishing, replies, waiting, readiness, what the worker checks) or
+#: `rabbitmq_only` (it is about the broker itself).
 MODES = ("embedded", "rabbitmq")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    modes = list(MODES) if metafunc.definition.get_closest_marker("both_modes") else ["embedded"]
+    if metafunc.definition.get_closest_marker("rabbitmq_only"):
+        modes = ["rabbitmq"]
+    else:
+        modes = list(MODES) if metafunc.definition.get_closest_marker("both_modes") else ["embedded"]
     for fixture in ("server", "make_client"):
         if fixture in metafunc.fixturenames:
             metafunc.parametrize(fixture, modes, indirect=True)
@@ -110,9 +114,9 @@ AppFactory = Callable[..., TestClient]
 class RabbitModel:
     """The model side over RabbitMQ, in this process: a real `AmqpWorker` thread on the test's broker."""
 
-    def __init__(self, url: str, engine: CaptionEngine, config: BatcherConfig) -> None:
+    def __init__(self, url: str, engine: CaptionEngine, config: BatcherConfig, max_messages: int) -> None:
         self.worker = AmqpWorker(
-            url, engine, config, model_name="tiny", max_messages=1000, max_images=256,
+            url, engine, config, model_name="tiny", max_messages=max_messages, max_images=256,
             request_policy=ImagePolicy(max_bytes=100 * 1024 * 1024),
         )  # fmt: skip
         self._stop = threading.Event()
@@ -151,8 +155,9 @@ def make_client(request: pytest.FixtureRequest, tmp_path: Path, engine: CaptionE
             held = HeldModelBroker(engine, config)
             broker, run, stop = held, held.run_model, held.batcher.stop
         else:
-            rabbit = RabbitBroker(amqp_url, gateway_id=f"test-{uuid.uuid4().hex[:8]}", max_messages=1000)
-            model = RabbitModel(amqp_url, engine, config)
+            limit = settings.max_queued_messages
+            rabbit = RabbitBroker(amqp_url, gateway_id=f"test-{uuid.uuid4().hex[:8]}", max_messages=limit)
+            model = RabbitModel(amqp_url, engine, config, limit)
             stack.callback(model.stop)
             broker, run, stop = rabbit, model.run, model.stop
         client = stack.enter_context(TestClient(create_app(settings, store, broker)))

@@ -6,6 +6,7 @@ import base64
 
 import pytest
 
+from blipq.gateway.service import QUEUE_FULL_RETRY_AFTER_S
 from tests.gateway.conftest import AppFactory
 from tests.helpers import pictures
 from tests.server import wait_until
@@ -31,6 +32,28 @@ def test_a_flood_gets_429_with_retry_after_and_the_service_recovers(make_client:
     assert client.post("/captionImage", json=body).status_code == 200
     wait_until(lambda: store.pending_images() == 0, timeout_s=60)
     assert len(client.get("/captionImage").json()) == 3
+
+
+@pytest.mark.rabbitmq_only
+def test_a_request_queue_full_at_the_broker_gets_429_and_the_service_recovers(make_client: AppFactory) -> None:
+    """RabbitMQ itself refuses the publish (x-max-length with reject-publish: a nack), far below the
+    gateway's own depth limit: the client gets 429, not 503, and the channel stays usable for the rest."""
+    client = make_client(max_queued_messages=2, model_running=False)
+    body = {"imgb64s": IMAGES[:1]}
+    # A quorum queue takes one message past x-max-length before it refuses (RabbitMQ's documented overshoot).
+    answers = [client.post("/captionImage", json=body) for _ in range(4)]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 429]
+    refused = answers[-1]
+    assert refused.json()["error"]["code"] == "queue_full"
+    assert "the request queue is full (x-max-length)" in refused.json()["error"]["message"]
+    assert refused.headers["retry-after"] == str(QUEUE_FULL_RETRY_AFTER_S)
+    store = client.app.state.service.store
+    assert store.pending_images() == 3  # the refused job left nothing behind
+    client.app.state.run_model()
+    wait_until(lambda: store.pending_images() == 0, timeout_s=60)
+    assert client.post("/captionImage", json=body).status_code == 200
+    wait_until(lambda: store.pending_images() == 0, timeout_s=60)
+    assert len(client.get("/captionImage").json()) == 4
 
 
 def test_rate_limit_per_key_with_retry_after(make_client: AppFactory) -> None:
