@@ -62,18 +62,16 @@ def create_app(
             return
         anyio.to_thread.current_default_thread_limiter().total_tokens = MAX_WORKER_THREADS
         await broker.start(service.record)
-        republishing = None
-        if broker.replays_unfinished:
-            await service.replay_unfinished()
-        else:  # in the background: the broker may not be connected yet
-            republishing = asyncio.create_task(service.publish_unconfirmed())
+        # In the background: a replay waits for the jobs it runs alone, and the broker may not be connected yet.
+        recovering = asyncio.create_task(
+            service.replay_unfinished() if broker.replays_unfinished else service.publish_unconfirmed()
+        )
         stop = threading.Event()
         purger = threading.Thread(target=_purge_forever, args=(store, settings, stop), daemon=True)
         purger.start()
         yield
         stop.set()
-        if republishing is not None:
-            republishing.cancel()
+        recovering.cancel()
         await broker.stop()
         # The outcomes of the jobs finished while stopping are queued for the store's writer: commit them
         # now, since uvicorn re-raises the SIGTERM it caught once the app is done, and that ends the process.

@@ -126,8 +126,31 @@ class Service:
 
     async def replay_unfinished(self) -> None:
         """At start-up, for a transport that kept nothing: dispatch every unfinished job again, and fail
-        the ones the model started `max_attempts` times already (the process stopped each time)."""
+        the ones the model started `max_attempts` times already (the process stopped each time).
+
+        A job the model had started when the process stopped is a suspect: it may be what stopped it, or it
+        may only have shared a batch with that job. Suspects run again one at a time, each waiting for the
+        one before to finish, so a poison job's next crash costs an attempt to itself, not to every job
+        replayed beside it. The jobs never started follow them."""
+        suspects: list[StoredRequest] = []
+        never_started: list[StoredRequest] = []
+        for request in await self._replayable():
+            await anyio.to_thread.run_sync(self.store.requeued, request.job_id)  # shown queued while it waits
+            (suspects if request.attempts else never_started).append(request)
+        for request in suspects:
+            finished = self.waiters.register(request.job_id)
+            try:
+                await self._publish_stored(request)
+                await asyncio.wrap_future(finished)
+            finally:
+                self.waiters.release(request.job_id)
+        for request in never_started:
+            await self._publish_stored(request)
+
+    async def _replayable(self) -> list[StoredRequest]:
+        """The unfinished jobs that can run again; the others are failed `worker_lost` here."""
         limit = self.settings.max_attempts
+        replayable = []
         for request in await anyio.to_thread.run_sync(self.store.unfinished):
             lost = None
             if request.images is None:
@@ -136,11 +159,11 @@ class Service:
                 )
             elif request.attempts >= limit:
                 lost = ErrorInfo("worker_lost", f"the process captioning this job stopped {limit} times; giving up")
-            if lost is not None:
+            if lost is None:
+                replayable.append(request)
+            else:
                 await asyncio.wrap_future(self.store.fail(request.job_id, lost))
-                continue
-            await anyio.to_thread.run_sync(self.store.requeued, request.job_id)
-            await self._publish_stored(request)
+        return replayable
 
     async def publish_unconfirmed(self) -> None:
         """At start-up, for a transport that keeps requests itself (RabbitMQ): publish the jobs stored but never

@@ -63,27 +63,41 @@ def test_kill_9_then_restart_finishes_every_accepted_job(
     restart_and_finish(tiny_checkpoint, tmp_path, ids, batches, engine)
 
 
-def test_a_job_that_kills_the_process_three_times_is_failed_worker_lost(
-    tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
+def test_a_job_that_kills_the_process_three_times_is_failed_worker_lost_and_costs_no_other_job(
+    tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine, crawling_server: str
 ) -> None:
-    """A poison job must not crash-loop the server: the fourth start fails it instead of running it again."""
-    images = pictures(40)  # a few seconds of work with one image per model call
-    server = Server(tiny_checkpoint, tmp_path, "--max-batch", "1").start()
-    job_id = submit_job(server, images)
-    for _ in range(3):
-        wait_until(lambda: jobs(server, [job_id])[0]["status"] == "running", timeout_s=60)  # noqa: B023
+    """A poison job must not crash-loop the server: the fourth start fails it instead of running it again.
+    The poison here is a URL that never finishes downloading, so it is always running when the process
+    dies; an innocent job running beside it the first time is run again alone afterwards, and succeeds."""
+    options = ("--max-batch", "1")
+    env = {"BLIPQ_FETCH_ALLOW_NETWORKS": "127.0.0.0/8", "BLIPQ_FETCH_TIMEOUT_S": "600"}
+    server = Server(tiny_checkpoint, tmp_path, *options, env=env).start()
+    poison = submit_urls(server, [f"{crawling_server}/poison.jpg"])
+    images = pictures(40)  # seconds of work with one image per model call
+    innocent = submit_job(server, images)
+    wait_until(lambda: {job["status"] for job in jobs(server, [poison, innocent])} == {"running"})
+    for restart in range(1, 4):
         server.kill()
-        server = Server(tiny_checkpoint, tmp_path, "--max-batch", "1").start()
+        server = Server(tiny_checkpoint, tmp_path, *options, env=env).start()
+        if restart < 3:  # the poison is run again, alone: the innocent job waits for it
+            wait_until(lambda: jobs(server, [poison])[0]["status"] == "running")  # noqa: B023
+            assert jobs(server, [innocent])[0]["status"] == "queued"
     try:
-        (job,) = jobs(server, [job_id])
+        (job,) = jobs(server, [poison])
         assert job["status"] == "failed"
         assert {image["error"]["code"] for image in job["images"]} == {"worker_lost"}
         assert "stopped 3 times" in job["images"][0]["error"]["message"]
-        later = submit_job(server, images[:2])  # the server itself is fine
-        wait_until(lambda: jobs(server, [later])[0]["status"] == "succeeded")
-        assert_all_captioned_once(server, [later], [images[:2]], engine)
+        wait_until(lambda: jobs(server, [innocent])[0]["status"] == "succeeded")
+        assert_all_captioned_once(server, [innocent], [images], engine)
     finally:
         server.stop()
+
+
+def submit_urls(server: Server, urls: list[str]) -> str:
+    response = httpx.post(f"{server.url}/v1/jobs", json={"images": [{"url": url} for url in urls]}, timeout=30)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
 
 
 def test_sigterm_leaves_jobs_not_started_in_the_store_for_the_next_start(
