@@ -8,21 +8,67 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-EXCHANGE = "blipq"  # direct, durable
+EXCHANGE = "blipq"
 ROUTING_KEY = "caption"
 REQUEST_QUEUE = "blipq.caption"
-DEAD_LETTER_EXCHANGE = "blipq.dlx"  # fanout, durable
+DEAD_LETTER_EXCHANGE = "blipq.dlx"
 DEAD_LETTER_QUEUE = "blipq.dead"
 REPLY_QUEUE_PREFIX = "blipq.replies."
 #: Deliveries of one request beyond the first before it is dead-lettered (RabbitMQ 3.x delivers it N+1 times).
 DELIVERY_LIMIT = 3
+#: The poison policy of both modes: a request whose process died under it this many times is answered
+#: `worker_lost` instead of being run again. Over RabbitMQ, the delivery limit above; in the embedded mode,
+#: the default of `BLIPQ_MAX_ATTEMPTS`, counted in the store.
+MAX_CUT_OFF_RUNS = DELIVERY_LIMIT + 1
 CONTENT_TYPE = "application/json"
+
+
+class Backoff:
+    """The pauses between attempts to reach RabbitMQ, on both sides: doubling from 0.5 s up to 10 s, and
+    back to the first after a success."""
+
+    FIRST_S = 0.5
+    MAX_S = 10.0
+
+    def __init__(self) -> None:
+        self._next_s = self.FIRST_S
+
+    def pause_s(self) -> float:
+        """The pause before the next attempt (each one twice the last, up to MAX_S)."""
+        pause, self._next_s = self._next_s, min(self._next_s * 2, self.MAX_S)
+        return pause
+
+    def reset(self) -> None:
+        self._next_s = self.FIRST_S
 
 
 @dataclass(frozen=True)
 class QueueSpec:
     name: str
     arguments: dict[str, str | int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExchangeSpec:
+    name: str
+    type: Literal["direct", "fanout"]
+
+
+@dataclass(frozen=True)
+class Binding:
+    queue: str
+    exchange: str
+    routing_key: str = ""  # a fanout exchange ignores it
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What every gateway and worker declares, durable, in this order; the same data on both sides, so their
+    arguments can never differ (RabbitMQ refuses a redeclaration with other arguments)."""
+
+    exchanges: tuple[ExchangeSpec, ...]
+    queues: tuple[QueueSpec, ...]
+    bindings: tuple[Binding, ...]
 
 
 def request_queue(max_messages: int) -> QueueSpec:
@@ -42,6 +88,17 @@ def request_queue(max_messages: int) -> QueueSpec:
 
 
 DEAD_QUEUE = QueueSpec(DEAD_LETTER_QUEUE, {"x-queue-type": "quorum"})
+
+
+def topology(max_messages: int) -> Topology:
+    """The shared topology: requests through `blipq` to `blipq.caption`; what that queue dead-letters (over
+    the delivery limit, expired) through `blipq.dlx` to `blipq.dead`, which the workers answer."""
+    requests = request_queue(max_messages)
+    return Topology(
+        exchanges=(ExchangeSpec(EXCHANGE, "direct"), ExchangeSpec(DEAD_LETTER_EXCHANGE, "fanout")),
+        queues=(requests, DEAD_QUEUE),
+        bindings=(Binding(requests.name, EXCHANGE, ROUTING_KEY), Binding(DEAD_QUEUE.name, DEAD_LETTER_EXCHANGE)),
+    )
 
 
 def reply_queue(gateway_id: str) -> QueueSpec:

@@ -119,9 +119,16 @@ class JobNotFound(BlipqError):
 
 
 class QueueUnavailable(BlipqError):
-    """The store or the broker cannot be reached (SQLite file unwritable, broker down)."""
+    """The broker cannot be reached or did not take the job (disconnected, no queue bound, no confirm)."""
 
     code = "queue_unavailable"
+
+
+class StoreUnavailable(BlipqError):
+    """The result store cannot be opened, read or written (disk full, file locked or unwritable, a newer
+    schema)."""
+
+    code = "store_unavailable"
 
 
 class ModelUnavailable(BlipqError):

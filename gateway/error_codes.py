@@ -35,7 +35,8 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "queue_full": ErrorCode(429, "too many images are waiting; retry after Retry-After seconds"),
     "rate_limited": ErrorCode(429, "this key sent more requests than BLIPQ_RATE_LIMIT allows; see Retry-After"),
     "internal_error": ErrorCode(500, "a bug; the server logged the details"),
-    "queue_unavailable": ErrorCode(503, "the store or the broker cannot be reached"),
+    "queue_unavailable": ErrorCode(503, "the broker cannot be reached or did not take the job"),
+    "store_unavailable": ErrorCode(503, "the result store cannot be read or written (disk full, locked, unwritable)"),
     "model_unavailable": ErrorCode(503, "the model is not running: still loading, stopping, or its thread died"),
     "timeout": ErrorCode(504, "a blocking request waited longer than its limit; the body has the job id to poll"),
 }

@@ -19,27 +19,23 @@ import aio_pika.abc
 from pamqp import commands
 from pydantic import ValidationError
 
+from blipq.contract import replies as reply_codec
 from blipq.contract.amqp import (
-    DEAD_LETTER_EXCHANGE,
-    DEAD_QUEUE,
     EXCHANGE,
     REQUEST_QUEUE,
     ROUTING_KEY,
-    CaptionReply,
+    Backoff,
     QueueSpec,
-    ReplyImage,
     reply_queue,
-    request_queue,
+    topology,
 )
 from blipq.contract.errors import BlipqError, ModelUnavailable, QueueFull, QueueUnavailable
 from blipq.contract.framing import FRAMED_CONTENT_TYPE, frame_request
-from blipq.contract.messages import ErrorInfo, ImageResult
 from blipq.gateway.broker import Dispatch, JobFinished, OutcomeHandler
 from blipq.gateway.service import QUEUE_FULL_RETRY_AFTER_S
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 10.0
 PUBLISH_TIMEOUT_S = 10.0
 STORE_RETRY_S = 1.0
 FIRST_ATTEMPT_S = 15.0  # how long start-up waits for the first connection's verdict
@@ -90,7 +86,7 @@ class RabbitBroker:
             raise error
 
     async def _connect_until_done(self, first_attempt: asyncio.Event) -> None:
-        delay = 0.5
+        backoff = Backoff()
         taken_until = None  # a gateway just killed still counts as a consumer until RabbitMQ notices
         try:
             while True:
@@ -103,10 +99,10 @@ class RabbitBroker:
                         raise
                     await asyncio.sleep(1.0)
                 except _BROKER_ERRORS as exc:
-                    log.warning("cannot reach RabbitMQ (%s); retrying in %.1f s", exc, delay)
+                    pause_s = backoff.pause_s()
+                    log.warning("cannot reach RabbitMQ (%s); retrying in %.1f s", exc, pause_s)
                     first_attempt.set()
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, MAX_BACKOFF_S)
+                    await asyncio.sleep(pause_s)
         finally:
             first_attempt.set()
 
@@ -114,11 +110,15 @@ class RabbitBroker:
         connection = await aio_pika.connect_robust(self.url, reconnect_interval=1, fail_fast=True)
         try:
             channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
-            dead = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
-            requests = await self._declare(channel, request_queue(self.max_messages))
-            await requests.bind(exchange, ROUTING_KEY)
-            await (await self._declare(channel, DEAD_QUEUE)).bind(dead)
+            shape = topology(self.max_messages)
+            exchanges = {
+                spec.name: await channel.declare_exchange(spec.name, aio_pika.ExchangeType(spec.type), durable=True)
+                for spec in shape.exchanges
+            }
+            queues = {spec.name: await self._declare(channel, spec) for spec in shape.queues}
+            for binding in shape.bindings:
+                await queues[binding.queue].bind(exchanges[binding.exchange], binding.routing_key)
+            exchange = exchanges[EXCHANGE]
             replies = await self._declare(channel, self.replies)
             if replies.declaration_result.consumer_count:
                 raise ReplyQueueTaken(self.replies.name)
@@ -191,14 +191,14 @@ class RabbitBroker:
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         """Acknowledged once the outcome is stored: one the store could not record comes back later."""
         try:
-            reply = CaptionReply.model_validate_json(message.body)
+            reply = reply_codec.decode(message.body)
         except ValidationError as exc:
             log.warning("reply %s is not a caption reply; dropped: %s", message.correlation_id, exc)
             await _settle(message.ack())
             return
         assert self._on_outcome is not None
         try:
-            await asyncio.wrap_future(self._on_outcome(_outcome(reply)))
+            await asyncio.wrap_future(self._on_outcome(JobFinished(reply.correlation_id, reply.results, reply.error)))
         except BlipqError as exc:
             log.warning("reply %s not stored (%s); back to the queue", message.correlation_id, exc.message)
             await asyncio.sleep(STORE_RETRY_S)  # not at once: a full or locked disk takes a while
@@ -213,20 +213,6 @@ async def _settle(acknowledgement: Awaitable[None]) -> None:
         await acknowledgement
     except _BROKER_ERRORS as exc:
         log.info("reply not acknowledged (%s); it will be delivered again", exc)
-
-
-def _outcome(reply: CaptionReply) -> JobFinished:
-    if reply.error is not None:
-        return JobFinished(reply.id, error=ErrorInfo(reply.error.code, reply.error.message))
-    return JobFinished(reply.id, [_result(image) for image in reply.images])
-
-
-def _result(image: ReplyImage) -> ImageResult:
-    if image.error is not None:
-        return ImageResult(error=ErrorInfo(image.error.code, image.error.message))
-    if image.caption is None:
-        return ImageResult(error=ErrorInfo("model_error", "the worker's reply had no caption and no error"))
-    return ImageResult(caption=image.caption)
 
 
 def _refused(frame: object) -> QueueFull | QueueUnavailable:

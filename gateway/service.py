@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
-from blipq.contract.errors import BlipqError, QueueFull, QueueUnavailable, Timeout
+from blipq.contract.errors import BlipqError, QueueFull, QueueUnavailable, StoreUnavailable, Timeout
 from blipq.contract.images import ImagePolicy
 from blipq.contract.messages import ErrorInfo, ImageInput
 from blipq.contract.options import CaptionOptions
@@ -174,7 +174,7 @@ class Service:
                 try:
                     await self._publish_stored(request)
                     break
-                except (QueueUnavailable, QueueFull) as exc:
+                except (QueueUnavailable, QueueFull, StoreUnavailable) as exc:
                     log.info("job %s not published yet (%s); retrying", request.job_id, exc.message)
                     await asyncio.sleep(REPUBLISH_RETRY_S)
 
@@ -192,7 +192,7 @@ class Service:
 
     def record(self, outcome: Outcome) -> Future[None]:
         """Called by the broker for each outcome (any thread, never waiting for the disk): the first outcome of
-        a job wins. The future is done once the outcome is stored (or failed to be: QueueUnavailable); the
+        a job wins. The future is done once the outcome is stored (or failed to be: StoreUnavailable); the
         requests waiting for the job are woken then."""
         if isinstance(outcome, JobStarted):
             return self.store.started(outcome.job_id)

@@ -10,6 +10,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from blipq.contract.amqp import MAX_CUT_OFF_RUNS
 from blipq.contract.settings import SharedSettings, split_commas
 
 
@@ -25,7 +26,11 @@ class GatewaySettings(SharedSettings):
         description="Names this gateway's durable reply queue (blipq.replies.<id>); keep it across restarts.",
     )
     max_attempts: int = Field(
-        3, ge=1, le=100, description="Embedded mode: a job dispatched this many times without finishing is failed."
+        MAX_CUT_OFF_RUNS,
+        ge=1,
+        le=100,
+        description="Embedded mode: a job started this many times without finishing is failed (worker_lost); "
+        "over RabbitMQ the queue's delivery limit does the same.",
     )
     blocking_timeout_s: float = Field(60.0, gt=0, description="Blocking routes answer 504 after this.")
     retention_s: float = Field(24 * 3600.0, gt=0, description="Finished jobs are purged after this.")

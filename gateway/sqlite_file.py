@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from blipq.contract.errors import QueueUnavailable
+from blipq.contract.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class SqliteFile:
             self._db.execute("PRAGMA synchronous=FULL")
             prepare(self._db)
         except (sqlite3.Error, OSError) as exc:
-            raise QueueUnavailable(f"cannot open the store at {path}: {exc}") from None
+            raise StoreUnavailable(f"cannot open the store at {path}: {exc}") from None
         self._writes: queue.SimpleQueue[_Write[Any] | None] = queue.SimpleQueue()
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._all_readers: list[sqlite3.Connection] = []
@@ -61,10 +61,10 @@ class SqliteFile:
 
     def write(self, operation: Callable[[sqlite3.Connection], T]) -> Future[T]:
         """Run `operation` inside the next group's transaction; its future holds what it returned, once that
-        is committed (or what it raised; QueueUnavailable when the commit failed)."""
+        is committed (or what it raised; StoreUnavailable when the commit failed)."""
         write: _Write[T] = _Write(operation)
         if not self._writer.is_alive():
-            write.future.set_exception(QueueUnavailable(f"the store at {self.path} is closed"))
+            write.future.set_exception(StoreUnavailable(f"the store at {self.path} is closed"))
         else:
             self._writes.put(write)
         return write.future
@@ -83,7 +83,7 @@ class SqliteFile:
         try:
             yield db
         except sqlite3.Error as exc:
-            raise QueueUnavailable(f"store error at {self.path}: {exc}") from None
+            raise StoreUnavailable(f"store error at {self.path}: {exc}") from None
         finally:
             self._readers.put(db)
 
@@ -105,7 +105,7 @@ class SqliteFile:
             db = self._connect()
             db.execute("PRAGMA query_only=ON")
         except sqlite3.Error as exc:
-            raise QueueUnavailable(f"store error at {self.path}: {exc}") from None
+            raise StoreUnavailable(f"store error at {self.path}: {exc}") from None
         with self._readers_lock:
             self._all_readers.append(db)
         return db
@@ -148,7 +148,7 @@ class SqliteFile:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
             log.warning("store commit of %d writes failed: %s", len(group), exc)
-            failure = QueueUnavailable(f"store error at {self.path}: {exc}")
+            failure = StoreUnavailable(f"store error at {self.path}: {exc}")
             for write in group:
                 write.future.set_exception(failure)
             return
@@ -160,5 +160,5 @@ class SqliteFile:
 
     def _error(self, exc: Exception) -> Exception:
         if isinstance(exc, sqlite3.Error):
-            return QueueUnavailable(f"store error at {self.path}: {exc}")
+            return StoreUnavailable(f"store error at {self.path}: {exc}")
         return exc

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from blipq.contract.errors import IdempotencyConflict, JobNotFound, QueueUnavailable
+from blipq.contract.errors import IdempotencyConflict, JobNotFound, StoreUnavailable
 from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
 from blipq.gateway.jobs import Idempotency, ImageOutcome, Job, JobStatus
@@ -49,7 +49,7 @@ def open_store(url: str) -> JobStore:
     parts = urlsplit(url)
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     if parts.scheme != "sqlite" or not path:
-        raise QueueUnavailable(f"unsupported store URL {url!r}; use sqlite:///./data/blipq.db")
+        raise StoreUnavailable(f"unsupported store URL {url!r}; use sqlite:///./data/blipq.db")
     return JobStore(Path(path))
 
 

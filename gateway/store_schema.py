@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from blipq.contract.errors import QueueUnavailable
+from blipq.contract.errors import StoreUnavailable
 
 VERSION = 3
 
@@ -101,7 +101,7 @@ def prepare_schema(db: sqlite3.Connection) -> None:
     try:
         (version,) = db.execute("PRAGMA user_version").fetchone()
         if version > VERSION:
-            raise QueueUnavailable(
+            raise StoreUnavailable(
                 f"the store is at version {version}, written by a newer blipq (this one knows up to {VERSION})"
             )
         if version < VERSION:

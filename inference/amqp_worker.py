@@ -30,13 +30,13 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
+from blipq.contract import replies as reply_codec
 from blipq.contract.amqp import (
     CONTENT_TYPE,
-    DEAD_LETTER_EXCHANGE,
     DEAD_QUEUE,
-    EXCHANGE,
-    ROUTING_KEY,
+    Backoff,
     request_queue,
+    topology,
 )
 from blipq.contract.errors import BlipqError
 from blipq.contract.images import ImagePolicy
@@ -44,11 +44,10 @@ from blipq.contract.messages import ImageResult
 from blipq.inference.batcher import Batcher, BatcherConfig, WorkItem
 from blipq.inference.engine import CaptionEngine
 from blipq.inference.metrics import InferenceMetrics
-from blipq.inference.requests import ParsedRequest, dead_letter_error, error_reply_body, parse_request, reply_body
+from blipq.inference.requests import ParsedRequest, dead_letter_error, parse_request
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 10.0
 DRAIN_TIMEOUT_S = 45.0  # below compose's stop_grace_period (60 s): answered before SIGKILL
 
 
@@ -81,12 +80,13 @@ UNCLAIMED_KEPT = 1000
 
 def declare_topology(channel: BlockingChannel, max_messages: int) -> None:
     """Idempotent, with the arguments every gateway and worker uses (AMQP contract v1)."""
-    channel.exchange_declare(EXCHANGE, exchange_type="direct", durable=True)
-    channel.exchange_declare(DEAD_LETTER_EXCHANGE, exchange_type="fanout", durable=True)
-    for spec in (request_queue(max_messages), DEAD_QUEUE):
+    shape = topology(max_messages)
+    for exchange in shape.exchanges:
+        channel.exchange_declare(exchange.name, exchange_type=exchange.type, durable=True)
+    for spec in shape.queues:
         channel.queue_declare(spec.name, durable=True, arguments=dict(spec.arguments))
-    channel.queue_bind(request_queue(max_messages).name, EXCHANGE, routing_key=ROUTING_KEY)
-    channel.queue_bind(DEAD_QUEUE.name, DEAD_LETTER_EXCHANGE)
+    for binding in shape.bindings:
+        channel.queue_bind(binding.queue, binding.exchange, routing_key=binding.routing_key)
 
 
 class AmqpWorker:
@@ -127,12 +127,12 @@ class AmqpWorker:
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, then finish and answer every request already received, and return."""
         self.batcher.start()
-        delay = 0.5
+        backoff = Backoff()
         try:
             while not stop.is_set():
                 try:
                     self._connect()
-                    delay = 0.5
+                    backoff.reset()
                     while not stop.is_set():
                         self._pump(0.2)
                         if not self.batcher.alive():
@@ -141,9 +141,9 @@ class AmqpWorker:
                 except (pika.exceptions.AMQPError, OSError) as exc:
                     self.connected.clear()
                     self._deliveries_lost()
-                    log.warning("RabbitMQ connection lost (%s); reconnecting in %.1f s", exc, delay)
-                    stop.wait(delay)
-                    delay = min(delay * 2, MAX_BACKOFF_S)
+                    pause_s = backoff.pause_s()
+                    log.warning("RabbitMQ connection lost (%s); reconnecting in %.1f s", exc, pause_s)
+                    stop.wait(pause_s)
         finally:
             self.batcher.stop()
             self._close()
@@ -246,8 +246,7 @@ class AmqpWorker:
         # Acked whatever happens to its reply: a dead letter that came back would be answered again for ever.
         try:
             if properties.reply_to and properties.correlation_id:
-                code, message = dead_letter_error(properties.headers)
-                body = error_reply_body(properties.correlation_id, code, message)
+                body = reply_codec.encode_error(properties.correlation_id, dead_letter_error(properties.headers))
                 self._publish(properties.reply_to, properties.correlation_id, body)
             else:
                 log.warning("dead letter without reply_to or correlation_id dropped")
@@ -274,7 +273,7 @@ class AmqpWorker:
     def _reply(self, delivery: _Delivery, results: list[ImageResult]) -> None:
         """Reply with the results of the images run (the refused ones merged in), then ack."""
         assert self._channel is not None
-        body = reply_body(delivery.correlation_id, delivery.request.merge(results), self.model_name)
+        body = reply_codec.encode_results(delivery.correlation_id, delivery.request.merge(results), self.model_name)
         self._publish(delivery.reply_to, delivery.correlation_id, body)
         self._channel.basic_ack(delivery.delivery_tag)
 

@@ -1,4 +1,5 @@
-"""A request message's body -> the images the batcher runs, and results -> the reply body (AMQP contract v1)."""
+"""A request message's body -> the images the batcher runs, and why a dead letter died -> its reply's error
+(AMQP contract v1; the reply codec is `blipq.contract.replies`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from blipq.contract.amqp import DELIVERY_LIMIT, CaptionReply, ReplyError, ReplyImage
+from blipq.contract.amqp import MAX_CUT_OFF_RUNS
 from blipq.contract.errors import BlipqError, InvalidRequest
 from blipq.contract.framing import FRAMED_CONTENT_TYPE, read_framed_request
 from blipq.contract.images import ImagePolicy
@@ -25,7 +26,7 @@ DEAD_LETTER_CODES = {
     "expired": ("expired", "the request expired (its message TTL) before a worker took it"),
     "delivery_limit": (
         "worker_lost",
-        f"the worker taking this request stopped each time it was delivered ({DELIVERY_LIMIT + 1} times); giving up",
+        f"the worker taking this request stopped each time it was delivered ({MAX_CUT_OFF_RUNS} times); giving up",
     ),
 }
 
@@ -78,27 +79,9 @@ def _image_input(image: str | bytes | ImageSpec, index: int, policy: ImagePolicy
     return from_spec(image, index, policy)
 
 
-def _reply_image(result: ImageResult) -> ReplyImage:
-    if result.error is not None:
-        return ReplyImage(status="failed", error=ReplyError(code=result.error.code, message=result.error.message))
-    return ReplyImage(status="done", caption=result.caption)
-
-
-def reply_body(correlation_id: str, results: list[ImageResult], model: str) -> bytes:
-    images = [_reply_image(result) for result in results]
-    status = "succeeded" if any(image.status == "done" for image in images) else "failed"
-    reply = CaptionReply(id=correlation_id, status=status, images=images, model=model)
-    return reply.model_dump_json().encode()
-
-
-def error_reply_body(correlation_id: str, code: str, message: str) -> bytes:
-    reply = CaptionReply(id=correlation_id, status="failed", error=ReplyError(code=code, message=message))
-    return reply.model_dump_json().encode()
-
-
-def dead_letter_error(headers: dict[str, object] | None) -> tuple[str, str]:
+def dead_letter_error(headers: dict[str, object] | None) -> ErrorInfo:
     """The reply error for a dead-lettered request, from its first `x-death` entry."""
     deaths = (headers or {}).get("x-death")
     first = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
     reason = str(first.get("reason", "rejected"))
-    return DEAD_LETTER_CODES.get(reason, DEAD_LETTER_CODES["rejected"])
+    return ErrorInfo(*DEAD_LETTER_CODES.get(reason, DEAD_LETTER_CODES["rejected"]))

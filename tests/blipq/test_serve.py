@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from blipq.contract.amqp import MAX_CUT_OFF_RUNS
 from blipq.contract.options import CaptionOptions
 from blipq.gateway.jobs import JobStatus
 from blipq.inference.decode import decode_image
@@ -63,10 +64,11 @@ def test_kill_9_then_restart_finishes_every_accepted_job(
     restart_and_finish(tiny_checkpoint, tmp_path, ids, batches, engine)
 
 
-def test_a_job_that_kills_the_process_three_times_is_failed_worker_lost_and_costs_no_other_job(
+def test_a_job_that_kills_the_process_each_time_is_failed_worker_lost_and_costs_no_other_job(
     tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine, crawling_server: str
 ) -> None:
-    """A poison job must not crash-loop the server: the fourth start fails it instead of running it again.
+    """A poison job must not crash-loop the server: after it was cut off 4 times, the next start fails it
+    instead of running it again (as over RabbitMQ, where the delivery limit does it).
     The poison here is a URL that never finishes downloading, so it is always running when the process
     dies; an innocent job running beside it the first time is run again alone afterwards, and succeeds."""
     options = ("--max-batch", "1")
@@ -76,17 +78,17 @@ def test_a_job_that_kills_the_process_three_times_is_failed_worker_lost_and_cost
     images = pictures(40)  # seconds of work with one image per model call
     innocent = submit_job(server, images)
     wait_until(lambda: {job["status"] for job in jobs(server, [poison, innocent])} == {"running"})
-    for restart in range(1, 4):
+    for restart in range(1, MAX_CUT_OFF_RUNS + 1):
         server.kill()
         server = Server(tiny_checkpoint, tmp_path, *options, env=env).start()
-        if restart < 3:  # the poison is run again, alone: the innocent job waits for it
+        if restart < MAX_CUT_OFF_RUNS:  # the poison is run again, alone: the innocent job waits for it
             wait_until(lambda: jobs(server, [poison])[0]["status"] == "running")  # noqa: B023
             assert jobs(server, [innocent])[0]["status"] == "queued"
     try:
         (job,) = jobs(server, [poison])
         assert job["status"] == "failed"
         assert {image["error"]["code"] for image in job["images"]} == {"worker_lost"}
-        assert "stopped 3 times" in job["images"][0]["error"]["message"]
+        assert f"stopped {MAX_CUT_OFF_RUNS} times" in job["images"][0]["error"]["message"]
         wait_until(lambda: jobs(server, [innocent])[0]["status"] == "succeeded")
         assert_all_captioned_once(server, [innocent], [images], engine)
     finally:

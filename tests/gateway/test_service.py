@@ -67,6 +67,27 @@ def test_an_outcome_the_store_could_not_record_is_recorded_once_the_store_takes_
     assert all(image.caption for image in job.images)
 
 
+def test_a_store_that_cannot_be_written_answers_503_store_unavailable(
+    make_client: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database locked by another process: a new job is refused with the store named as the cause (not
+    the queue), and taken once the lock is gone."""
+    monkeypatch.setattr(sqlite_file, "BUSY_TIMEOUT_S", 0.2)
+    client = make_client()
+    body = {"images": [{"b64": base64.b64encode(image).decode()} for image in pictures(1)]}
+    locker = sqlite3.connect(client.app.state.service.store._file.path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        refused = client.post("/v1/jobs", json=body)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "store_unavailable"
+        assert "store error" in refused.json()["error"]["message"]
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert client.post("/v1/jobs", json=body).status_code == 202
+
+
 def test_jobs_stored_but_never_published_are_published_at_start_up_and_on_a_retry(
     make_client: AppFactory, tmp_path: Path
 ) -> None:

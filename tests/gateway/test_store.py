@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from blipq.contract.errors import IdempotencyConflict, QueueUnavailable
+from blipq.contract.errors import IdempotencyConflict, StoreUnavailable
 from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
 from blipq.gateway.jobs import Idempotency, JobStatus
@@ -187,7 +187,7 @@ def test_a_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     open_store(f"sqlite:///{path}").close()
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 99")
-    with pytest.raises(QueueUnavailable, match="version 99, written by a newer blipq"):
+    with pytest.raises(StoreUnavailable, match="version 99, written by a newer blipq"):
         open_store(f"sqlite:///{path}")
 
 

@@ -242,8 +242,8 @@ def test_the_workers_limits_apply_to_every_publisher(publisher: OutsidePublisher
 )
 def test_each_dead_letter_reason_has_its_error_code(reason: str, code: str) -> None:
     headers = {"x-death": [{"reason": reason, "queue": "blipq.caption", "count": 1}]}
-    assert dead_letter_error(headers)[0] == code
-    assert dead_letter_error(None)[0] == "invalid_request"
+    assert dead_letter_error(headers).code == code
+    assert dead_letter_error(None).code == "invalid_request"
 
 
 def test_urls_on_a_crawling_host_fail_at_the_deadline_without_holding_up_other_requests(
