@@ -66,6 +66,7 @@ def create_app(
         recovering = asyncio.create_task(
             service.replay_unfinished() if broker.replays_unfinished else service.publish_unconfirmed()
         )
+        recovering.add_done_callback(_log_failure)
         stop = threading.Event()
         purger = threading.Thread(target=_purge_forever, args=(store, settings, stop), daemon=True)
         purger.start()
@@ -100,6 +101,12 @@ def create_app(
     app.include_router(page.router)
     app.mount("/page", page.assets, name="page")
     return app
+
+
+def _log_failure(recovering: asyncio.Task[None]) -> None:
+    """A failed recovery must be seen: its jobs stay in the store, and the next start tries them again."""
+    if not recovering.cancelled() and (error := recovering.exception()) is not None:
+        log.error("the unfinished jobs were not all dispatched again: %s", error, exc_info=error)
 
 
 def _purge_forever(store: JobStore, settings: GatewaySettings, stop: threading.Event) -> None:

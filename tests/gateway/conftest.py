@@ -87,19 +87,24 @@ class HeldModelBroker(InProcessBroker):
     def __init__(self, engine: CaptionEngine, config: BatcherConfig) -> None:
         super().__init__(engine, config, model="tiny", metrics=InferenceMetrics())
         self.held: list[Dispatch] | None = []
+        # Jobs are published on the app's event loop (a replay, in the background) while the test's thread
+        # runs the model: no job may slip between the two.
+        self._holding = threading.Lock()
 
     async def start(self, on_outcome: OutcomeHandler) -> None:
         self._on_outcome = on_outcome
 
     async def publish(self, dispatch: Dispatch) -> None:
-        if self.held is None:
-            self.submit(dispatch)
-        else:
-            self.held.append(dispatch)
+        with self._holding:
+            if self.held is not None:
+                self.held.append(dispatch)
+                return
+        self.submit(dispatch)
 
     def run_model(self) -> None:
-        held, self.held = self.held or [], None
         self.batcher.start()
+        with self._holding:
+            held, self.held = self.held or [], None
         for dispatch in held:
             self.submit(dispatch)
 

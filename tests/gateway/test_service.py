@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from blipq.contract.errors import StoreUnavailable
 from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
 from blipq.contract.requests import JobRequest
 from blipq.gateway import sqlite_file
 from blipq.gateway.broker import JobFinished
 from blipq.gateway.jobs import Idempotency, JobStatus
-from blipq.gateway.store import open_store
+from blipq.gateway.store import JobStore, open_store
 from tests.gateway.conftest import AppFactory, finished_job
 from tests.helpers import pictures
 from tests.server import wait_until
@@ -86,6 +87,25 @@ def test_a_store_that_cannot_be_written_answers_503_store_unavailable(
         locker.execute("ROLLBACK")
         locker.close()
     assert client.post("/v1/jobs", json=body).status_code == 202
+
+
+def test_a_recovery_at_start_up_that_fails_is_logged_and_the_gateway_serves_on(
+    make_client: AppFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The start-up recovery (replaying, or publishing what was never confirmed) runs in the background: a store
+    that fails it is logged, not lost, and new jobs are still taken."""
+
+    def unreadable(*_args: object, **_kwargs: object) -> None:
+        raise StoreUnavailable("store error at store.db: disk I/O error")
+
+    monkeypatch.setattr(JobStore, "unfinished", unreadable)
+    monkeypatch.setattr(JobStore, "unpublished", unreadable)
+    client = make_client()
+    wait_until(lambda: "the unfinished jobs were not all dispatched again" in caplog.text, timeout_s=30)
+    assert "disk I/O error" in caplog.text
+    body = {"images": [{"b64": base64.b64encode(image).decode()} for image in pictures(1)]}
+    job_id = client.post("/v1/jobs", json=body).json()["id"]
+    assert finished_job(client, job_id).status == "succeeded"
 
 
 def test_jobs_stored_but_never_published_are_published_at_start_up_and_on_a_retry(
