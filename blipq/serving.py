@@ -43,6 +43,9 @@ def run_gateway(settings: GatewaySettings) -> None:
     assert settings.broker_url is not None
     show_progress_logs()
     broker = RabbitBroker(
-        settings.broker_url, gateway_id=settings.gateway_id, max_messages=settings.max_queued_messages
+        settings.broker_url,
+        gateway_id=settings.gateway_id,
+        max_messages=settings.max_queued_messages,
+        max_message_bytes=settings.max_message_bytes,
     )
     serve_app(settings, open_store(settings.store), broker)

@@ -29,7 +29,7 @@ from blipq.contract.amqp import (
     reply_queue,
     topology,
 )
-from blipq.contract.errors import BlipqError, ModelUnavailable, QueueFull, QueueUnavailable
+from blipq.contract.errors import BlipqError, InputTooLarge, ModelUnavailable, QueueFull, QueueUnavailable
 from blipq.contract.framing import FRAMED_CONTENT_TYPE, frame_request
 from blipq.gateway.broker import Dispatch, JobFinished, OutcomeHandler
 from blipq.gateway.service import QUEUE_FULL_RETRY_AFTER_S
@@ -64,9 +64,10 @@ class ReplyQueueTaken(RuntimeError):
 class RabbitBroker:
     replays_unfinished = False  # the broker keeps every confirmed request across our restarts
 
-    def __init__(self, url: str, *, gateway_id: str, max_messages: int) -> None:
+    def __init__(self, url: str, *, gateway_id: str, max_messages: int, max_message_bytes: int) -> None:
         self.url = url
         self.max_messages = max_messages
+        self.max_message_bytes = max_message_bytes
         self.replies: QueueSpec = reply_queue(gateway_id)
         self._on_outcome: OutcomeHandler | None = None
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
@@ -144,8 +145,14 @@ class RabbitBroker:
     async def publish(self, dispatch: Dispatch) -> None:
         if self._exchange is None or not self.connected:
             raise QueueUnavailable("RabbitMQ is not connected; retry shortly")
+        body = frame_request(dispatch.images, dispatch.options)  # the bytes as they are: no base64 on either side
+        if len(body) > self.max_message_bytes:
+            raise InputTooLarge(
+                f"this job is a {len(body)}-byte message and RabbitMQ takes at most {self.max_message_bytes} "
+                "(BLIPQ_MAX_MESSAGE_BYTES): send fewer or smaller images per job, or URLs"
+            )
         message = aio_pika.Message(
-            frame_request(dispatch.images, dispatch.options),  # the bytes as they are: no base64 on either side
+            body,
             content_type=FRAMED_CONTENT_TYPE,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             correlation_id=dispatch.job_id,

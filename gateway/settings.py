@@ -46,6 +46,12 @@ class GatewaySettings(SharedSettings):
     max_queue_depth: int = Field(
         100_000, ge=0, description="New jobs get 429 while this many images are queued or running; 0 = no limit."
     )
+    max_message_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024,
+        description="Over RabbitMQ: the broker's max_message_size. A job whose message would be larger gets 413; "
+        "RabbitMQ would refuse it by closing the channel, failing every publish in flight on it.",
+    )
     rate_limit: str | None = Field(
         None, description='Requests per API key (or client address) per gateway process, e.g. "600/minute".'
     )

@@ -21,7 +21,7 @@ from blipq.contract.options import CaptionOptions
 from blipq.gateway.jobs import JobStatus
 from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
-from tests.helpers import pictures
+from tests.helpers import encode, noise, pictures
 from tests.rabbitmq import RabbitNode
 from tests.server import Server, WorkerProcess, get_job, stored_statuses, submit_job, wait_until
 
@@ -237,6 +237,37 @@ def test_sigterm_answers_the_requests_the_worker_holds_and_leaves_the_rest_queue
     for correlation_id, reply in answered.items():
         expected = engine.caption([decode_image(image) for image in requests[correlation_id]], CaptionOptions())
         assert [image["caption"] for image in reply["images"]] == expected
+
+
+def test_a_job_over_the_brokers_message_size_gets_413_and_costs_nobody_else_anything(
+    tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
+) -> None:
+    """RabbitMQ refuses a message over its max_message_size by closing the channel, which fails every publish
+    in flight on it: the gateway refuses such a job itself, with 413, before publishing."""
+    config = tmp_path / "rabbitmq.conf"
+    config.write_text("max_message_size = 65536\n")
+    node = RabbitNode(tmp_path / "node", config=config).start()
+    worker = WorkerProcess(tiny_checkpoint, node.url(), tmp_path / "worker.log").start()
+    env = {"BLIPQ_MAX_MESSAGE_BYTES": "65536"}
+    gateway = Server(tiny_checkpoint, tmp_path, "--broker", node.url(), env=env).start()
+    try:
+        big = encode(noise(200, 200, seed=5), "PNG")  # about 120 KB, incompressible
+        refused = httpx.post(
+            f"{gateway.url}/v1/jobs", json={"images": [{"b64": base64.b64encode(big).decode()}]}, timeout=30
+        )
+        assert refused.status_code == 413, refused.text
+        assert refused.json()["error"]["code"] == "input_too_large"
+        assert "BLIPQ_MAX_MESSAGE_BYTES" in refused.json()["error"]["message"]
+        small = pictures(2)
+        job_id = submit_job(gateway, small)  # the connection and its channel are fine
+        wait_until(lambda: statuses(gateway, [job_id]) == ["succeeded"])
+        assert_captioned(gateway, [job_id], [small], engine)
+        listed = httpx.get(f"{gateway.url}/v1/jobs", timeout=10).json()["jobs"]
+        assert [job["id"] for job in listed] == [job_id]  # the refused job left nothing behind
+    finally:
+        gateway.stop()
+        worker.stop()
+        node.stop()
 
 
 def _counts(url: str, queue: str) -> tuple[int, int]:

@@ -161,7 +161,12 @@ def make_client(request: pytest.FixtureRequest, tmp_path: Path, engine: CaptionE
             broker, run, stop = held, held.run_model, held.batcher.stop
         else:
             limit = settings.max_queued_messages
-            rabbit = RabbitBroker(amqp_url, gateway_id=f"test-{uuid.uuid4().hex[:8]}", max_messages=limit)
+            rabbit = RabbitBroker(
+                amqp_url,
+                gateway_id=f"test-{uuid.uuid4().hex[:8]}",
+                max_messages=limit,
+                max_message_bytes=settings.max_message_bytes,
+            )
             model = RabbitModel(amqp_url, engine, config, limit)
             stack.callback(model.stop)
             broker, run, stop = rabbit, model.run, model.stop
