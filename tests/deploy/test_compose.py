@@ -4,10 +4,12 @@ promises (health-gated start order, one GPU per worker, the CPU and scale-out ov
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
+from blipq.gateway.settings import GatewaySettings
 from tests.deploy.checks import check_blipq_command, check_environment
 from tests.deploy.compose import ROOT, MissingVariable, effective, raw
 from tests.deploy.dockerfiles import read_dockerfile
@@ -134,3 +136,11 @@ def test_the_scale_overlay_runs_two_gateways_and_one_worker_per_gpu() -> None:
     assert len({gateway["volumes"][0].split(":")[0] for gateway in gateways}) == 2
     assignments = [device["device_ids"] for worker in workers for device in gpus(worker)]
     assert sorted(assignments) == [["0"], ["1"]]
+
+
+def test_the_gateways_message_size_limit_is_the_brokers() -> None:
+    """Past the broker's max_message_size RabbitMQ closes the channel; the gateway answers 413 before that."""
+    conf = (ROOT / "deploy" / "rabbitmq" / "rabbitmq.conf").read_text()
+    found = re.search(r"^max_message_size\s*=\s*(\d+)\s*$", conf, re.MULTILINE)
+    assert found is not None
+    assert GatewaySettings.model_fields["max_message_bytes"].default == int(found.group(1))
