@@ -52,7 +52,7 @@ class Server:
         self.log_path = data_dir / f"serve-{self.port}.log"
         self.command = [
             sys.executable, "-m", "blipq", "serve", "--port", str(self.port), "--model", str(model),
-            "--store", f"sqlite:///{data_dir}/store.db", "--device", "cpu", *extra,
+            "--store", store_url(data_dir), "--device", "cpu", *extra,
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
         self.mode = "rabbitmq" if "--broker" in extra else "embedded"
@@ -120,8 +120,12 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 120) -> None:
 
 def submit_job(server: Server, images: list[bytes]) -> str:
     """POST /v1/jobs with base64 images; returns the job id."""
-    body = {"images": [{"b64": base64.b64encode(image).decode()} for image in images]}
-    response = httpx.post(f"{server.url}/v1/jobs", json=body, timeout=30)
+    return submit_inputs(server, [{"b64": base64.b64encode(image).decode()} for image in images])
+
+
+def submit_inputs(server: Server, inputs: list[dict[str, str]]) -> str:
+    """POST /v1/jobs with these image inputs ({"b64": ...} or {"url": ...}); returns the job id."""
+    response = httpx.post(f"{server.url}/v1/jobs", json={"images": inputs}, timeout=30)
     assert response.status_code == 202, response.text
     job_id: str = response.json()["id"]
     return job_id
@@ -134,9 +138,14 @@ def get_job(server: Server, job_id: str) -> dict[str, Any]:
     return body
 
 
+def store_url(data_dir: Path) -> str:
+    """The store of a `Server` whose data folder is `data_dir`."""
+    return f"sqlite:///{data_dir}/store.db"
+
+
 def stored_statuses(data_dir: Path, ids: list[str]) -> list[JobStatus]:
     """The jobs' statuses as the store a `Server` kept in `data_dir` holds them (read from the file)."""
-    store = open_store(f"sqlite:///{data_dir}/store.db")
+    store = open_store(store_url(data_dir))
     try:
         return [store.get(job_id).status for job_id in ids]
     finally:

@@ -22,6 +22,7 @@ from blipq.gateway.jobs import JobStatus
 from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
 from tests.helpers import encode, noise, pictures
+from tests.publisher import OutsidePublisher, request
 from tests.rabbitmq import RabbitNode
 from tests.server import Server, WorkerProcess, get_job, stored_statuses, submit_job, wait_until
 
@@ -212,23 +213,16 @@ def test_sigterm_answers_the_requests_the_worker_holds_and_leaves_the_rest_queue
     worker = WorkerProcess(tiny_checkpoint, amqp_url, log, "--max-batch", "1").start()  # it holds 2 (prefetch)
     try:
         wait_until(lambda: "consuming blipq.caption" in log.read_text())
-        with contextlib.closing(pika.BlockingConnection(pika.URLParameters(amqp_url))) as client:
-            channel = client.channel()
-            channel.confirm_delivery()
-            replies = channel.queue_declare("", exclusive=True).method.queue
+        with contextlib.closing(OutsidePublisher(amqp_url)) as publisher:
             requests = {f"r{n}": pictures(20)[4 * n : 4 * n + 4] for n in range(5)}  # 4 model calls each
             for correlation_id, images in requests.items():
-                body = {"images": [{"b64": base64.b64encode(image).decode()} for image in images]}
-                properties = pika.BasicProperties(reply_to=replies, correlation_id=correlation_id, delivery_mode=2)
-                channel.basic_publish("blipq", "caption", json.dumps(body), properties, mandatory=True)
+                publisher.publish(request(images), correlation_id)
             wait_until(lambda: _counts(amqp_url, "blipq.caption")[0] <= 3)  # the worker holds some
             assert worker.process is not None
             worker.process.send_signal(signal.SIGTERM)
             assert worker.process.wait(60) == 0
             left, consumers = _counts(amqp_url, "blipq.caption")
-            answered: dict[str, dict[str, Any]] = {}
-            while (message := channel.basic_get(replies, auto_ack=True))[0] is not None:
-                answered[message[1].correlation_id] = json.loads(message[2])
+            answered = publisher.waiting_replies()
     finally:
         worker.stop()
     assert consumers == 0

@@ -16,7 +16,7 @@ from blipq.gateway.jobs import JobStatus
 from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
 from tests.helpers import pictures
-from tests.server import Server, get_job, stored_statuses, submit_job, wait_until
+from tests.server import Server, get_job, stored_statuses, submit_inputs, submit_job, wait_until
 
 
 def jobs(server: Server, ids: list[str]) -> list[dict[str, Any]]:
@@ -74,7 +74,7 @@ def test_a_job_that_kills_the_process_each_time_is_failed_worker_lost_and_costs_
     options = ("--max-batch", "1")
     env = {"BLIPQ_FETCH_ALLOW_NETWORKS": "127.0.0.0/8", "BLIPQ_FETCH_TIMEOUT_S": "600"}
     server = Server(tiny_checkpoint, tmp_path, *options, env=env).start()
-    poison = submit_urls(server, [f"{crawling_server}/poison.jpg"])
+    poison = submit_inputs(server, [{"url": f"{crawling_server}/poison.jpg"}])
     images = pictures(40)  # seconds of work with one image per model call
     innocent = submit_job(server, images)
     wait_until(lambda: {job["status"] for job in jobs(server, [poison, innocent])} == {"running"})
@@ -93,13 +93,6 @@ def test_a_job_that_kills_the_process_each_time_is_failed_worker_lost_and_costs_
         assert_all_captioned_once(server, [innocent], [images], engine)
     finally:
         server.stop()
-
-
-def submit_urls(server: Server, urls: list[str]) -> str:
-    response = httpx.post(f"{server.url}/v1/jobs", json={"images": [{"url": url} for url in urls]}, timeout=30)
-    assert response.status_code == 202, response.text
-    job_id: str = response.json()["id"]
-    return job_id
 
 
 def test_sigterm_leaves_jobs_not_started_in_the_store_for_the_next_start(

@@ -1,5 +1,5 @@
-"""`blipq worker`'s consumer on a real RabbitMQ, driven by an outside publisher written here with plain pika
-from the README's contract (not with blipq's own code)."""
+"""`blipq worker`'s consumer on a real RabbitMQ, driven by an outside publisher written with plain pika from
+the README's contract (tests/publisher.py, not blipq's own code)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pika
 import pytest
 
 from blipq.contract.images import ImagePolicy
@@ -29,6 +27,7 @@ from blipq.inference.fetch import FetchPolicy
 from blipq.inference.requests import dead_letter_error
 from tests.conftest import CrawlingHandler
 from tests.helpers import pictures
+from tests.publisher import OutsidePublisher, request
 from tests.rabbitmq import RabbitNode
 from tests.server import wait_until
 
@@ -55,58 +54,11 @@ def worker(amqp_url: str, engine: CaptionEngine) -> Iterator[AmqpWorker]:
         yield running
 
 
-class OutsidePublisher:
-    """What another service does: publish to exchange `blipq` with routing key `caption`, its own reply queue
-    as reply_to and a correlation_id of its choice; read the replies from its queue."""
-
-    def __init__(self, url: str) -> None:
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
-        self.channel = self.connection.channel()
-        self.channel.confirm_delivery()
-        self.reply_queue = self.channel.queue_declare("", exclusive=True).method.queue
-
-    def publish(self, body: bytes, correlation_id: str, **properties: Any) -> None:
-        self.channel.basic_publish(
-            "blipq",
-            "caption",
-            body,
-            pika.BasicProperties(
-                content_type=properties.pop("content_type", "application/json"),
-                delivery_mode=2,
-                reply_to=properties.pop("reply_to", self.reply_queue),
-                correlation_id=correlation_id,
-                **properties,
-            ),
-            mandatory=True,
-        )
-
-    def replies(self, count: int, timeout_s: float = 60) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        for _method, properties, body in self.channel.consume(self.reply_queue, inactivity_timeout=timeout_s):
-            assert body is not None, f"timed out with {len(found)} of {count} replies"
-            assert properties.content_type == "application/json"
-            reply = json.loads(body)
-            assert reply["id"] == properties.correlation_id
-            found[properties.correlation_id] = reply
-            if len(found) == count:
-                break
-        self.channel.cancel()
-        return found
-
-    def close(self) -> None:
-        self.connection.close()
-
-
 @pytest.fixture
 def publisher(amqp_url: str, worker: AmqpWorker) -> Iterator[OutsidePublisher]:
     client = OutsidePublisher(amqp_url)
     yield client
     client.close()
-
-
-def request(images: list[bytes], **options: object) -> bytes:
-    body = {"images": [{"b64": base64.b64encode(image).decode()} for image in images], "options": options}
-    return json.dumps(body).encode()
 
 
 def test_an_outside_publisher_gets_correlated_replies_with_the_engines_captions(
