@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from blipq.gateway.app import create_app
 from blipq.gateway.broker import Broker
-from blipq.gateway.rabbit import RabbitBroker
+from blipq.gateway.rabbit import MessageSizes, RabbitBroker
 from blipq.gateway.settings import GatewaySettings
 from blipq.gateway.store import JobStore, open_store
 
@@ -46,6 +46,6 @@ def run_gateway(settings: GatewaySettings) -> None:
         settings.broker_url,
         gateway_id=settings.gateway_id,
         max_messages=settings.max_queued_messages,
-        max_message_bytes=settings.max_message_bytes,
+        sizes=MessageSizes.of(settings),
     )
     serve_app(settings, open_store(settings.store), broker)

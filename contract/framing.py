@@ -45,11 +45,20 @@ class FramedHeader(BaseModel):
 
 
 def frame_request(images: Sequence[ImageInput], options: CaptionOptions) -> bytes:
+    header = _header(images, options)
+    return b"".join([header, b"\n", *(image.data for image in images if image.data is not None)])
+
+
+def framed_header_size(images: Sequence[ImageInput], options: CaptionOptions) -> int:
+    """The length of the header line `frame_request` writes (without its newline)."""
+    return len(_header(images, options))
+
+
+def _header(images: Sequence[ImageInput], options: CaptionOptions) -> bytes:
     described = [
         FramedImage(url=image.url) if image.data is None else FramedImage(bytes=len(image.data)) for image in images
     ]
-    header = FramedHeader(images=described, options=options).model_dump_json(exclude_none=True).encode()
-    return b"".join([header, b"\n", *(image.data for image in images if image.data is not None)])
+    return FramedHeader(images=described, options=options).model_dump_json(exclude_none=True).encode()
 
 
 def read_framed_request(body: bytes) -> tuple[list[bytes | str], CaptionOptions]:

@@ -3,19 +3,23 @@ results a gateway records. One place, so the two sides cannot read a reply diffe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from blipq.contract.amqp import CaptionReply, ReplyError, ReplyImage
 from blipq.contract.messages import ErrorInfo, ImageResult
+from blipq.contract.parts import read_part_header
 
 
 @dataclass(frozen=True)
 class Reply:
-    """A decoded reply: per-image results in request order, or one error for the whole request."""
+    """A decoded reply: per-image results in request order, or one error for the whole request. `indices`: the
+    job's images it answers, for the reply to one part of a split job (None: all of them)."""
 
     correlation_id: str
     results: list[ImageResult]
     error: ErrorInfo | None = None
+    indices: tuple[int, ...] | None = None
 
 
 def encode_results(correlation_id: str, results: list[ImageResult], model: str) -> bytes:
@@ -31,12 +35,15 @@ def encode_error(correlation_id: str, error: ErrorInfo) -> bytes:
     return reply.model_dump_json().encode()
 
 
-def decode(body: bytes) -> Reply:
-    """Raises pydantic's ValidationError for a body that is not a reply."""
+def decode(body: bytes, headers: Mapping[str, object] | None = None) -> Reply:
+    """A reply's body and its headers (the part it answers). Raises pydantic's ValidationError for a body that
+    is not a reply, or a part header that is not one."""
     reply = CaptionReply.model_validate_json(body)
+    part = read_part_header(headers)
+    indices = None if part is None else tuple(part.images)
     if reply.error is not None:
-        return Reply(reply.id, [], ErrorInfo(reply.error.code, reply.error.message))
-    return Reply(reply.id, [_image_result(image) for image in reply.images])
+        return Reply(reply.id, [], ErrorInfo(reply.error.code, reply.error.message), indices)
+    return Reply(reply.id, [_image_result(image) for image in reply.images], indices=indices)
 
 
 def _reply_image(result: ImageResult) -> ReplyImage:

@@ -18,11 +18,13 @@ from blipq.contract.options import CaptionOptions
 
 @dataclass(frozen=True)
 class Dispatch:
-    """One job to caption; `job_id` comes back on its outcome (the AMQP correlation id)."""
+    """One job to caption; `job_id` comes back on its outcome (the AMQP correlation id). `indices`: the job's
+    index of each image, when only some of its images are dispatched (default: all, in order)."""
 
     job_id: str
     images: Sequence[ImageInput]
     options: CaptionOptions
+    indices: Sequence[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,13 @@ class JobStarted:
 
 @dataclass(frozen=True)
 class JobFinished:
-    """All images done (one result each, in order), or `error` when the job could not be run at all."""
+    """Images done (one result each, in order), or `error` when they could not be run at all. `indices`: the
+    job's images this outcome is for (one part of a split job); None: every image dispatched."""
 
     job_id: str
     results: Sequence[ImageResult] = ()
     error: ErrorInfo | None = None
+    indices: Sequence[int] | None = None
 
 
 Outcome = JobStarted | JobFinished

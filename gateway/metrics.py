@@ -23,7 +23,9 @@ class GatewayMetrics:
             "blipq_jobs_refused_queue_full", "Jobs answered 429 because the queue was full.", registry=self.registry
         )
         self.outcomes = Counter(
-            "blipq_job_outcomes", "Job outcomes received, by whether they were the first.", ["first"],
+            "blipq_job_outcomes",
+            "Outcomes received (one per part of a job), by whether they gave images their first outcome.",
+            ["first"],
             registry=self.registry,
         )  # fmt: skip
         self.publish_seconds = Histogram(

@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable
+from dataclasses import dataclass
 
 import aio_pika
 import aio_pika.abc
+import pamqp.common
 from pamqp import commands
 from pydantic import ValidationError
 
@@ -29,10 +31,12 @@ from blipq.contract.amqp import (
     reply_queue,
     topology,
 )
-from blipq.contract.errors import BlipqError, InputTooLarge, ModelUnavailable, QueueFull, QueueUnavailable
+from blipq.contract.errors import BlipqError, ModelUnavailable, QueueFull, QueueUnavailable
 from blipq.contract.framing import FRAMED_CONTENT_TYPE, frame_request
+from blipq.contract.parts import PART_HEADER, Part, PartHeader, split
 from blipq.gateway.broker import Dispatch, JobFinished, OutcomeHandler
 from blipq.gateway.service import QUEUE_FULL_RETRY_AFTER_S
+from blipq.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,20 @@ _BROKER_ERRORS = (
 )
 
 
+@dataclass(frozen=True)
+class MessageSizes:
+    """How a job becomes messages: parts of at most `part_bytes` and `part_images` (one bigger image goes alone),
+    none over `max_bytes`, the broker's max_message_size."""
+
+    max_bytes: int
+    part_bytes: int
+    part_images: int
+
+    @classmethod
+    def of(cls, settings: GatewaySettings) -> MessageSizes:
+        return cls(settings.max_message_bytes, settings.part_bytes, settings.part_images)
+
+
 class ReplyQueueTaken(RuntimeError):
     """Another gateway consumes this gateway's reply queue: the two would take (and drop) each other's replies."""
 
@@ -64,10 +82,10 @@ class ReplyQueueTaken(RuntimeError):
 class RabbitBroker:
     replays_unfinished = False  # the broker keeps every confirmed request across our restarts
 
-    def __init__(self, url: str, *, gateway_id: str, max_messages: int, max_message_bytes: int) -> None:
+    def __init__(self, url: str, *, gateway_id: str, max_messages: int, sizes: MessageSizes) -> None:
         self.url = url
         self.max_messages = max_messages
-        self.max_message_bytes = max_message_bytes
+        self.sizes = sizes
         self.replies: QueueSpec = reply_queue(gateway_id)
         self._on_outcome: OutcomeHandler | None = None
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
@@ -143,24 +161,39 @@ class RabbitBroker:
         return self._connection is not None and self._connection.connected.is_set()
 
     async def publish(self, dispatch: Dispatch) -> None:
+        """Publish the job as one message per part (`blipq.contract.parts`), all at once; returns once the broker
+        confirmed every part. A part refused after others were taken leaves those to run: their replies find no
+        job (the caller discards it) and are dropped."""
         if self._exchange is None or not self.connected:
             raise QueueUnavailable("RabbitMQ is not connected; retry shortly")
-        body = frame_request(dispatch.images, dispatch.options)  # the bytes as they are: no base64 on either side
-        if len(body) > self.max_message_bytes:
-            raise InputTooLarge(
-                f"this job is a {len(body)}-byte message and RabbitMQ takes at most {self.max_message_bytes} "
-                "(BLIPQ_MAX_MESSAGE_BYTES): send fewer or smaller images per job, or URLs"
-            )
+        parts = split(
+            dispatch.images,
+            dispatch.options,
+            indices=dispatch.indices,
+            part_bytes=self.sizes.part_bytes,
+            part_images=self.sizes.part_images,
+            max_message_bytes=self.sizes.max_bytes,
+        )
+        outcomes = await asyncio.gather(
+            *(self._publish_part(self._exchange, dispatch, part) for part in parts), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _publish_part(self, exchange: aio_pika.abc.AbstractExchange, dispatch: Dispatch, part: Part) -> None:
         message = aio_pika.Message(
-            body,
+            frame_request(part.images, dispatch.options),  # the bytes as they are: no base64 on either side
             content_type=FRAMED_CONTENT_TYPE,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             correlation_id=dispatch.job_id,
-            message_id=dispatch.job_id,  # a publish retried after a lost confirm is the same request to a worker
+            # A publish retried after a lost confirm is the same request to a worker; another part is not.
+            message_id=f"{dispatch.job_id}/{part.message_id}",
             reply_to=self.replies.name,
+            headers={PART_HEADER: _field_table(part.header)},
         )
         try:
-            confirmation = await self._exchange.publish(message, ROUTING_KEY, mandatory=True, timeout=PUBLISH_TIMEOUT_S)
+            confirmation = await exchange.publish(message, ROUTING_KEY, mandatory=True, timeout=PUBLISH_TIMEOUT_S)
         except aio_pika.exceptions.DeliveryError as exc:
             raise _refused(exc.frame) from None
         except _BROKER_ERRORS as exc:
@@ -198,14 +231,15 @@ class RabbitBroker:
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         """Acknowledged once the outcome is stored: one the store could not record comes back later."""
         try:
-            reply = reply_codec.decode(message.body)
+            reply = reply_codec.decode(message.body, message.headers)
         except ValidationError as exc:
             log.warning("reply %s is not a caption reply; dropped: %s", message.correlation_id, exc)
             await _settle(message.ack())
             return
         assert self._on_outcome is not None
         try:
-            await asyncio.wrap_future(self._on_outcome(JobFinished(reply.correlation_id, reply.results, reply.error)))
+            outcome = JobFinished(reply.correlation_id, reply.results, reply.error, reply.indices)
+            await asyncio.wrap_future(self._on_outcome(outcome))
         except BlipqError as exc:
             log.warning("reply %s not stored (%s); back to the queue", message.correlation_id, exc.message)
             await asyncio.sleep(STORE_RETRY_S)  # not at once: a full or locked disk takes a while
@@ -220,6 +254,10 @@ async def _settle(acknowledgement: Awaitable[None]) -> None:
         await acknowledgement
     except _BROKER_ERRORS as exc:
         log.info("reply not acknowledged (%s); it will be delivered again", exc)
+
+
+def _field_table(header: PartHeader) -> pamqp.common.FieldTable:
+    return {"index": header.index, "count": header.count, "images": list[pamqp.common.FieldValue](header.images)}
 
 
 def _refused(frame: object) -> QueueFull | QueueUnavailable:

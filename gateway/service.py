@@ -23,6 +23,7 @@ from blipq.gateway.jobs import Idempotency, Job, JobStatus
 from blipq.gateway.metrics import GatewayMetrics
 from blipq.gateway.settings import GatewaySettings
 from blipq.gateway.store import JobStore, PendingLimit, StoredRequest, job_not_found
+from blipq.gateway.store_outcomes import Recorded
 from blipq.gateway.waiters import Waiters
 
 if TYPE_CHECKING:
@@ -181,7 +182,7 @@ class Service:
     async def _publish_stored(self, request: StoredRequest) -> None:
         if request.images is None:  # accepted before its bytes were kept: nothing to publish again
             return
-        await self.broker.publish(Dispatch(request.job_id, request.images, request.options))
+        await self.broker.publish(Dispatch(request.job_id, request.images, request.options, request.indices))
         await self._confirmed(request.job_id)
 
     async def _confirmed(self, job_id: str) -> None:
@@ -192,24 +193,26 @@ class Service:
 
     def record(self, outcome: Outcome) -> Future[None]:
         """Called by the broker for each outcome (any thread, never waiting for the disk): the first outcome of
-        a job wins. The future is done once the outcome is stored (or failed to be: StoreUnavailable); the
-        requests waiting for the job are woken then."""
+        each image wins. The future is done once the outcome is stored (or failed to be: StoreUnavailable); the
+        requests waiting for the job are woken once it is finished (every part of a split job answered)."""
         if isinstance(outcome, JobStarted):
             return self.store.started(outcome.job_id)
         if outcome.error is not None:
             self.metrics.job_errors.labels(code=outcome.error.code).inc()
-            stored = self.store.fail(outcome.job_id, outcome.error)
+            stored = self.store.fail(outcome.job_id, outcome.error, outcome.indices)
         else:
-            stored = self.store.finish(outcome.job_id, outcome.results)
+            stored = self.store.finish(outcome.job_id, outcome.results, outcome.indices)
         recorded: Future[None] = Future()
 
-        def wake(stored: Future[bool]) -> None:
+        def wake(stored: Future[Recorded]) -> None:
             if (error := stored.exception()) is not None:
                 log.warning("outcome of job %s not stored: %s", outcome.job_id, error)
                 recorded.set_exception(error)
                 return
-            self.metrics.outcomes.labels(first=str(stored.result()).lower()).inc()
-            self.waiters.finished(outcome.job_id)
+            result = stored.result()
+            self.metrics.outcomes.labels(first=str(result.new).lower()).inc()
+            if result.finished:
+                self.waiters.finished(outcome.job_id)
             recorded.set_result(None)
 
         stored.add_done_callback(wake)

@@ -47,10 +47,22 @@ class GatewaySettings(SharedSettings):
         100_000, ge=0, description="New jobs get 429 while this many images are queued or running; 0 = no limit."
     )
     max_message_bytes: int = Field(
-        128 * 1024 * 1024,
+        32 * 1024 * 1024,
         ge=1024,
-        description="Over RabbitMQ: the broker's max_message_size. A job whose message would be larger gets 413; "
-        "RabbitMQ would refuse it by closing the channel, failing every publish in flight on it.",
+        description="Over RabbitMQ: the broker's max_message_size. No part of a job is larger; an image that alone "
+        "would be gets 413 (RabbitMQ would refuse it by closing the channel, failing every publish in flight on it).",
+    )
+    part_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Over RabbitMQ: a job travels as messages (parts) of at most this many bytes; one image larger "
+        "than that goes in a part of its own.",
+    )
+    part_images: int = Field(
+        16,
+        ge=1,
+        description="Over RabbitMQ: at most this many images per part, which bounds the work one message holds "
+        "a worker to (RabbitMQ's consumer_timeout applies per message).",
     )
     rate_limit: str | None = Field(
         None, description='Requests per API key (or client address) per gateway process, e.g. "600/minute".'

@@ -24,9 +24,9 @@ from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
 from blipq.gateway.jobs import Idempotency, ImageOutcome, Job, JobStatus
 from blipq.gateway.sqlite_file import SqliteFile
+from blipq.gateway.store_outcomes import UNFINISHED, Recorded, record_outcomes
 from blipq.gateway.store_schema import prepare_schema
 
-_UNFINISHED = ("queued", "running")
 #: The states written out, not bound: only then does SQLite count from the small partial index
 #: job_images_pending instead of reading every row.
 _PENDING_COUNT = "SELECT COUNT(*) FROM job_images WHERE state IN ('queued', 'running')"
@@ -42,6 +42,7 @@ class StoredRequest:
     images: tuple[ImageInput, ...] | None  # None: accepted with its bytes left to a broker (keep_images=False)
     options: CaptionOptions
     attempts: int  # times the model started on it
+    indices: tuple[int, ...] = ()  # the job's index of each image
 
 
 def open_store(url: str) -> JobStore:
@@ -185,11 +186,13 @@ class JobStore:
 
         self._file.write(requeued).result()
 
-    def finish(self, job_id: str, results: Sequence[ImageResult]) -> Future[bool]:
-        """Record the results of the images that were dispatched: every image of the job, or (for a job
-        that already had some outcomes, carried over from an earlier store) the ones still pending, in
-        order. The first outcome wins: the future holds False (and nothing changed) when the job had
-        already finished or was cancelled, or is unknown (purged)."""
+    def finish(
+        self, job_id: str, results: Sequence[ImageResult], indices: Sequence[int] | None = None
+    ) -> Future[Recorded]:
+        """Record the results of the images that were dispatched: those at `indices` (one part of a split job),
+        else every image of the job, or (for a job that already had some outcomes, carried over from an earlier
+        store) the ones still pending, in order. The first outcome of each image wins; the job is finished once
+        every image has one. Nothing changes (`new` False) for a job finished, cancelled or unknown (purged)."""
         rows = [
             (
                 "done" if result.caption is not None else "failed",
@@ -199,19 +202,19 @@ class JobStore:
             )
             for result in results
         ]
-        return self._file.write(lambda db: self._finish(db, job_id, rows))
+        return self._file.write(lambda db: record_outcomes(db, job_id, rows, indices))
 
-    def fail(self, job_id: str, error: ErrorInfo) -> Future[bool]:
-        """Fail every pending image of a job that could not be run at all; False when it already had an outcome."""
-        every_pending = ("failed", None, error.code, error.message)
-        return self._file.write(lambda db: self._finish(db, job_id, None, every_pending))
+    def fail(self, job_id: str, error: ErrorInfo, indices: Sequence[int] | None = None) -> Future[Recorded]:
+        """Fail the pending images (those at `indices`, else all) that could not be run at all."""
+        failed = ("failed", None, error.code, error.message)
+        return self._file.write(lambda db: record_outcomes(db, job_id, None, indices, failed))
 
     def cancel(self, job_id: str) -> Job:
         def cancel(db: sqlite3.Connection) -> None:
             if not self._status(db, job_id).finished:
                 db.execute(
                     "UPDATE job_images SET state = 'cancelled' WHERE job_id = ? AND state IN (?, ?)",
-                    (job_id, *_UNFINISHED),
+                    (job_id, *UNFINISHED),
                 )
                 db.execute("DELETE FROM job_blobs WHERE job_id = ?", (job_id,))
                 db.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ?", (time.time(), job_id))
@@ -279,20 +282,23 @@ class JobStore:
         with self._file.reading() as db:
             jobs = db.execute(
                 f"SELECT id, options, attempts FROM jobs WHERE status IN (?, ?) {condition} ORDER BY seq",
-                (*_UNFINISHED, *params),
+                (*UNFINISHED, *params),
             ).fetchall()
             requests = []
             for job_id, options, attempts in jobs:
                 rows = db.execute(
-                    "SELECT data, url FROM job_images LEFT JOIN job_blobs USING (job_id, idx) "
+                    "SELECT idx, data, url FROM job_images LEFT JOIN job_blobs USING (job_id, idx) "
                     "WHERE job_id = ? AND state IN (?, ?) ORDER BY idx",
-                    (job_id, *_UNFINISHED),
+                    (job_id, *UNFINISHED),
                 ).fetchall()
                 images = None
-                if all(data is not None or url is not None for data, url in rows):
-                    images = tuple(ImageInput(data=data) if url is None else ImageInput(url=url) for data, url in rows)
+                if all(data is not None or url is not None for _, data, url in rows):
+                    images = tuple(
+                        ImageInput(data=data) if url is None else ImageInput(url=url) for _, data, url in rows
+                    )
                 options_model = CaptionOptions.model_validate_json(options)
-                requests.append(StoredRequest(job_id, images, options_model, attempts))
+                indices = tuple(index for index, _, _ in rows)
+                requests.append(StoredRequest(job_id, images, options_model, attempts, indices))
         return requests
 
     def pending_images(self) -> int:
@@ -310,48 +316,6 @@ class JobStore:
         self._file.close()
 
     # -- internals -----------------------------------------------------------------------------
-
-    def _finish(
-        self,
-        db: sqlite3.Connection,
-        job_id: str,
-        rows: Sequence[tuple[object, ...]] | None,
-        every_pending: tuple[object, ...] = (),
-    ) -> bool:
-        """Outcomes `rows` (state, caption, code, message) for the pending images in order, or `every_pending`
-        for each of them."""
-        row = db.execute("SELECT status, n_images FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None or JobStatus(row[0]).finished:
-            return False
-        pending = [
-            index
-            for (index,) in db.execute(
-                "SELECT idx FROM job_images WHERE job_id = ? AND state IN (?, ?) ORDER BY idx",
-                (job_id, *_UNFINISHED),
-            )
-        ]
-        if rows is None:
-            rows = [every_pending] * len(pending)
-        elif len(rows) == row[1] != len(pending):  # a reply for the whole job: keep only the pending images
-            rows = [rows[index] for index in pending]
-        if len(rows) != len(pending):
-            log.warning("job %s: %d results for %d pending images; ignored", job_id, len(rows), len(pending))
-            return False
-        db.executemany(
-            "UPDATE job_images SET state = ?, caption = ?, error_code = ?, error_message = ? "
-            "WHERE job_id = ? AND idx = ?",
-            [(*outcome, job_id, index) for outcome, index in zip(rows, pending, strict=True)],
-        )
-        db.execute("DELETE FROM job_blobs WHERE job_id = ?", (job_id,))  # every image has its outcome now
-        (done,) = db.execute(
-            "SELECT COUNT(*) FROM job_images WHERE job_id = ? AND state = 'done'", (job_id,)
-        ).fetchone()
-        now = time.time()
-        db.execute(
-            "UPDATE jobs SET status = ?, started_at = COALESCE(started_at, ?), finished_at = ? WHERE id = ?",
-            ((JobStatus.SUCCEEDED if done else JobStatus.FAILED).value, now, now, job_id),
-        )
-        return True
 
     def _status(self, db: sqlite3.Connection, job_id: str) -> JobStatus:
         row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()

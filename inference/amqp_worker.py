@@ -41,6 +41,7 @@ from blipq.contract.amqp import (
 from blipq.contract.errors import BlipqError
 from blipq.contract.images import ImagePolicy
 from blipq.contract.messages import ImageResult
+from blipq.contract.parts import PART_HEADER
 from blipq.inference.batcher import Batcher, BatcherConfig, WorkItem
 from blipq.inference.engine import CaptionEngine
 from blipq.inference.metrics import InferenceMetrics
@@ -63,6 +64,7 @@ class _Delivery:
     reply_to: str
     correlation_id: str
     request: ParsedRequest
+    part: object = None  # the request's `blipq-part` header, echoed on its reply
 
 
 @dataclass
@@ -76,6 +78,11 @@ class _Work:
 
 #: Outcomes of work whose delivery was lost, kept (the newest ones) for a copy the broker delivers again.
 UNCLAIMED_KEPT = 1000
+
+
+def _part(properties: BasicProperties) -> object:
+    """A request's part header as it came (a worker echoes it, whatever it holds), or None."""
+    return (properties.headers or {}).get(PART_HEADER)
 
 
 def declare_topology(channel: BlockingChannel, max_messages: int) -> None:
@@ -217,7 +224,7 @@ class AmqpWorker:
             log.warning("request %s rejected: %s", properties.correlation_id, exc.message)
             channel.basic_reject(tag, requeue=False)  # answered from the dead-letter queue
             return
-        delivery = _Delivery(tag, properties.reply_to, properties.correlation_id, request)
+        delivery = _Delivery(tag, properties.reply_to, properties.correlation_id, request, _part(properties))
         # The publisher's message id, else its reply address: a copy delivered again, or published twice by a
         # publisher that retried, is the same request.
         identity = properties.message_id or f"{properties.reply_to} {properties.correlation_id}"
@@ -247,7 +254,7 @@ class AmqpWorker:
         try:
             if properties.reply_to and properties.correlation_id:
                 body = reply_codec.encode_error(properties.correlation_id, dead_letter_error(properties.headers))
-                self._publish(properties.reply_to, properties.correlation_id, body)
+                self._publish(properties.reply_to, properties.correlation_id, body, _part(properties))
             else:
                 log.warning("dead letter without reply_to or correlation_id dropped")
         finally:
@@ -274,17 +281,23 @@ class AmqpWorker:
         """Reply with the results of the images run (the refused ones merged in), then ack."""
         assert self._channel is not None
         body = reply_codec.encode_results(delivery.correlation_id, delivery.request.merge(results), self.model_name)
-        self._publish(delivery.reply_to, delivery.correlation_id, body)
+        self._publish(delivery.reply_to, delivery.correlation_id, body, delivery.part)
         self._channel.basic_ack(delivery.delivery_tag)
 
-    def _publish(self, reply_to: str, correlation_id: str, body: bytes) -> None:
-        """Publish a reply and wait for the broker's confirm (confirm_delivery makes basic_publish wait).
+    def _publish(self, reply_to: str, correlation_id: str, body: bytes, part: object) -> None:
+        """Publish a reply (with the request's part header, if it had one) and wait for the broker's confirm
+        (confirm_delivery makes basic_publish wait).
 
         A reply the broker will not take is the publisher's problem, not the worker's: its queue is gone or
         refuses messages (full with `reject-publish`). It is logged and counted, and the caller settles the
         request all the same; retrying would hold the request, and every other publisher's, for ever."""
         assert self._channel is not None
-        properties = BasicProperties(content_type=CONTENT_TYPE, correlation_id=correlation_id, delivery_mode=2)
+        properties = BasicProperties(
+            content_type=CONTENT_TYPE,
+            correlation_id=correlation_id,
+            delivery_mode=2,
+            headers=None if part is None else {PART_HEADER: part},
+        )
         try:
             self._channel.basic_publish("", reply_to, body, properties, mandatory=True)
         except pika.exceptions.UnroutableError:

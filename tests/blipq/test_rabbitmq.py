@@ -233,11 +233,12 @@ def test_sigterm_answers_the_requests_the_worker_holds_and_leaves_the_rest_queue
         assert [image["caption"] for image in reply["images"]] == expected
 
 
-def test_a_job_over_the_brokers_message_size_gets_413_and_costs_nobody_else_anything(
+def test_a_job_over_the_brokers_message_size_travels_in_parts_and_an_image_over_it_gets_413(
     tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
 ) -> None:
     """RabbitMQ refuses a message over its max_message_size by closing the channel, which fails every publish
-    in flight on it: the gateway refuses such a job itself, with 413, before publishing."""
+    in flight on it: the gateway splits a bigger job into parts under the limit, and refuses an image that
+    alone is over it with 413, before publishing."""
     config = tmp_path / "rabbitmq.conf"
     config.write_text("max_message_size = 65536\n")
     node = RabbitNode(tmp_path / "node", config=config).start()
@@ -252,10 +253,11 @@ def test_a_job_over_the_brokers_message_size_gets_413_and_costs_nobody_else_anyt
         assert refused.status_code == 413, refused.text
         assert refused.json()["error"]["code"] == "input_too_large"
         assert "BLIPQ_MAX_MESSAGE_BYTES" in refused.json()["error"]["message"]
-        small = pictures(2)
-        job_id = submit_job(gateway, small)  # the connection and its channel are fine
+        several = [encode(noise(100, 100, seed=seed), "PNG") for seed in range(4)]  # about 30 KB each
+        assert sum(map(len, several)) > 65536
+        job_id = submit_job(gateway, several)  # the connection and its channel are fine
         wait_until(lambda: statuses(gateway, [job_id]) == ["succeeded"])
-        assert_captioned(gateway, [job_id], [small], engine)
+        assert_captioned(gateway, [job_id], [several], engine)
         listed = httpx.get(f"{gateway.url}/v1/jobs", timeout=10).json()["jobs"]
         assert [job["id"] for job in listed] == [job_id]  # the refused job left nothing behind
     finally:

@@ -80,7 +80,7 @@ def test_the_cpu_deployment_captions_end_to_end(
     assert isinstance(healthcheck, dict)
     check = rabbitmq.tool(*healthcheck["test"][1:])
     wait_until(lambda: subprocess.run(check, env=rabbitmq.env, capture_output=True).returncode == 0, timeout_s=60)
-    for key, value in (("consumer_timeout", "900000"), ("max_message_size", "134217728")):
+    for key, value in (("consumer_timeout", "900000"), ("max_message_size", "33554432")):
         answer = subprocess.run(
             rabbitmq.tool("rabbitmqctl", "eval", f"application:get_env(rabbit, {key})."),
             env=rabbitmq.env, capture_output=True, text=True, check=True,

@@ -16,7 +16,7 @@ from blipq.embedded import InProcessBroker
 from blipq.gateway.app import create_app
 from blipq.gateway.broker import Broker, Dispatch, OutcomeHandler
 from blipq.gateway.jobs import Job
-from blipq.gateway.rabbit import RabbitBroker
+from blipq.gateway.rabbit import MessageSizes, RabbitBroker
 from blipq.gateway.settings import GatewaySettings
 from blipq.gateway.store import open_store
 from blipq.inference.amqp_worker import AmqpWorker
@@ -119,9 +119,11 @@ AppFactory = Callable[..., TestClient]
 class RabbitModel:
     """The model side over RabbitMQ, in this process: a real `AmqpWorker` thread on the test's broker."""
 
-    def __init__(self, url: str, engine: CaptionEngine, config: BatcherConfig, max_messages: int) -> None:
+    def __init__(
+        self, url: str, engine: CaptionEngine, config: BatcherConfig, max_messages: int, max_images: int = 256
+    ) -> None:
         self.worker = AmqpWorker(
-            url, engine, config, model_name="tiny", max_messages=max_messages, max_images=256,
+            url, engine, config, model_name="tiny", max_messages=max_messages, max_images=max_images,
             request_policy=ImagePolicy(max_bytes=100 * 1024 * 1024),
         )  # fmt: skip
         self._stop = threading.Event()
@@ -143,13 +145,13 @@ def make_client(request: pytest.FixtureRequest, tmp_path: Path, engine: CaptionE
     model, or RabbitMQ (the test's broker) with an `AmqpWorker` thread running the tiny model.
 
     `model_running=False` holds the model back until `client.app.state.run_model()`;
-    `client.app.state.stop_model()` stops it."""
+    `client.app.state.stop_model()` stops it. `worker_max_images`: the worker's limit per request message."""
     stack = ExitStack()
     numbers = itertools.count()
     config = BatcherConfig(max_batch=4, fetch=FetchPolicy(allow_networks=("127.0.0.0/8",)))
     broker_for_tests: TestBroker | None = request.getfixturevalue("rabbitmq") if request.param == "rabbitmq" else None
 
-    def build(*, model_running: bool = True, **overrides: Any) -> TestClient:
+    def build(*, model_running: bool = True, worker_max_images: int = 256, **overrides: Any) -> TestClient:
         # Each app its own virtual host: a second app in one test must not share the first one's worker.
         amqp_url = broker_for_tests.fresh_url() if broker_for_tests is not None else None
         settings = GatewaySettings(store=f"sqlite:///{tmp_path}/store-{next(numbers)}.db", **overrides)
@@ -165,9 +167,9 @@ def make_client(request: pytest.FixtureRequest, tmp_path: Path, engine: CaptionE
                 amqp_url,
                 gateway_id=f"test-{uuid.uuid4().hex[:8]}",
                 max_messages=limit,
-                max_message_bytes=settings.max_message_bytes,
+                sizes=MessageSizes.of(settings),
             )
-            model = RabbitModel(amqp_url, engine, config, limit)
+            model = RabbitModel(amqp_url, engine, config, limit, worker_max_images)
             stack.callback(model.stop)
             broker, run, stop = rabbit, model.run, model.stop
         client = stack.enter_context(TestClient(create_app(settings, store, broker)))

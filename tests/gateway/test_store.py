@@ -27,9 +27,10 @@ def test_the_first_outcome_wins(store: JobStore) -> None:
     job_id, created = store.create(TWO, CaptionOptions()).result()
     assert created
     assert store.pending_images() == 2
-    assert store.finish(job_id, CAPTIONS).result()
-    assert not store.finish(job_id, [ImageResult(caption="x"), ImageResult(caption="y")]).result()  # a duplicate reply
-    assert not store.fail(job_id, ErrorInfo("worker_lost", "late")).result()
+    assert store.finish(job_id, CAPTIONS).result().new
+    late = store.finish(job_id, [ImageResult(caption="x"), ImageResult(caption="y")]).result()  # a duplicate reply
+    assert (late.new, late.finished) == (False, True)
+    assert not store.fail(job_id, ErrorInfo("worker_lost", "late")).result().new
     job = store.get(job_id)
     assert job.status is JobStatus.SUCCEEDED
     assert [image.state for image in job.images] == ["done", "failed"]
@@ -41,20 +42,51 @@ def test_the_first_outcome_wins(store: JobStore) -> None:
 def test_a_late_outcome_for_a_cancelled_or_purged_job_changes_nothing(store: JobStore) -> None:
     job_id, _ = store.create(TWO, CaptionOptions()).result()
     assert store.cancel(job_id).status is JobStatus.CANCELLED
-    assert not store.finish(job_id, CAPTIONS).result()
+    assert not store.finish(job_id, CAPTIONS).result().new
     assert [image.state for image in store.get(job_id).images] == ["cancelled", "cancelled"]
-    assert not store.finish("0" * 32, CAPTIONS).result()
+    assert not store.finish("0" * 32, CAPTIONS).result().new
+
+
+FIVE = [ImageInput(data=bytes([index])) for index in range(5)]
+
+
+def test_the_parts_of_a_split_job_finish_it_together_and_each_images_first_outcome_wins(store: JobStore) -> None:
+    job_id, _ = store.create(FIVE, CaptionOptions()).result()
+    first = store.finish(job_id, [ImageResult(caption="a"), ImageResult(caption="b")], indices=[3, 4]).result()
+    assert (first.new, first.finished) == (True, False)
+    assert store.get(job_id).status is JobStatus.RUNNING  # a part is done, the rest is under way
+    assert [request.indices for request in store.unfinished()] == [(0, 1, 2)]
+    again = store.finish(job_id, [ImageResult(caption="x"), ImageResult(caption="y")], indices=[3, 4]).result()
+    assert (again.new, again.finished) == (False, False)  # a part's reply delivered twice
+    lost = ErrorInfo("worker_lost", "stopped 4 times")
+    failed = store.fail(job_id, lost, indices=[0, 1]).result()
+    assert (failed.new, failed.finished) == (True, False)
+    last = store.finish(job_id, [ImageResult(caption="c")], indices=[2]).result()
+    assert (last.new, last.finished) == (True, True)
+    job = store.get(job_id)
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.captions == [None, None, "c", "a", "b"]
+    assert [image.error for image in job.images[:2]] == [lost, lost]
+    assert store.pending_images() == 0
+
+
+def test_a_job_whose_every_part_failed_fails(store: JobStore) -> None:
+    job_id, _ = store.create(FIVE[:3], CaptionOptions()).result()
+    store.fail(job_id, ErrorInfo("expired", "too late"), indices=[0, 1]).result()
+    assert store.fail(job_id, ErrorInfo("expired", "too late"), indices=[2]).result().finished
+    assert store.get(job_id).status is JobStatus.FAILED
 
 
 def test_a_result_count_that_fits_no_dispatch_is_ignored(store: JobStore) -> None:
     job_id, _ = store.create(TWO, CaptionOptions()).result()
-    assert not store.finish(job_id, CAPTIONS[:1]).result()
+    assert not store.finish(job_id, CAPTIONS[:1]).result().new
+    assert not store.finish(job_id, CAPTIONS, indices=[0]).result().new
     assert store.get(job_id).status is JobStatus.QUEUED
 
 
 def test_a_job_with_no_caption_fails(store: JobStore) -> None:
     job_id, _ = store.create(TWO[:1], CaptionOptions()).result()
-    assert store.fail(job_id, ErrorInfo("invalid_request", "not JSON")).result()
+    assert store.fail(job_id, ErrorInfo("invalid_request", "not JSON")).result().new
     job = store.get(job_id)
     assert job.status is JobStatus.FAILED
     assert job.images[0].error == ErrorInfo("invalid_request", "not JSON")
@@ -83,6 +115,7 @@ def test_unfinished_jobs_keep_their_request_and_count_attempts(store: JobStore) 
     assert store.get(job_id).status is JobStatus.RUNNING
     (request,) = store.unfinished()
     assert (request.job_id, request.images, request.options, request.attempts) == (job_id, tuple(TWO), greedy, 2)
+    assert request.indices == (0, 1)
     store.requeued(job_id)
     assert store.get(job_id).status is JobStatus.QUEUED
     assert store.unfinished()[0].attempts == 2  # requeuing does not forget the attempts
@@ -133,7 +166,7 @@ def test_a_store_of_the_earlier_queue_is_carried_over(tmp_path: Path) -> None:
     assert request.job_id == "a"
     assert request.images == (ImageInput(data=b"\x01\x02"),)  # the image without an outcome yet
     assert store.get("a").status is JobStatus.QUEUED
-    assert store.finish("a", [ImageResult(caption="new")]).result()
+    assert store.finish("a", [ImageResult(caption="new")]).result().new
     assert store.get("a").captions == ["kept", "new"]
     assert store.get("b").captions == ["old"]
     store.close()
