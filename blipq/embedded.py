@@ -1,7 +1,8 @@
 """The embedded mode: the gateway's jobs go straight to a batcher on threads of this process.
 
 Nothing survives the process here, so the gateway dispatches its store's unfinished jobs again
-when it starts (`replays_unfinished`).
+when it starts (`replays_unfinished`). Only a bounded part of the queue is held in memory with its
+images; the rest waits in the store (`blipq.admission`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from concurrent.futures import Future
 
 import anyio.to_thread
 
+from blipq.admission import Admission
 from blipq.contract.errors import ModelUnavailable
 from blipq.contract.messages import ImageResult
 from blipq.engine_build.checkpoint import resolve_checkpoint
 from blipq.gateway.broker import Dispatch, JobFinished, JobStarted, OutcomeHandler
 from blipq.gateway.settings import GatewaySettings
-from blipq.gateway.store import open_store
+from blipq.gateway.store import JobStore, StoredRequest, open_store
 from blipq.inference.batcher import Batcher, BatcherConfig, WorkItem
 from blipq.inference.engine import CaptionEngine, quiet_transformers
 from blipq.inference.metrics import InferenceMetrics
@@ -29,24 +31,49 @@ log = logging.getLogger(__name__)
 STORE_RETRY_S = 1.0  # the pause before an outcome the store refused is offered again
 
 
+#: The images (and bytes) of the jobs the model holds at once; the others wait in the store (`Admission`).
+HELD_IMAGES_PER_PREFETCH = 4
+MAX_HELD_BYTES = 256 * 1024 * 1024
+
+
 class InProcessBroker:
     replays_unfinished = True
 
-    def __init__(self, engine: CaptionEngine, config: BatcherConfig, *, model: str, metrics: InferenceMetrics) -> None:
+    def __init__(
+        self,
+        engine: CaptionEngine,
+        config: BatcherConfig,
+        store: JobStore,
+        *,
+        model: str,
+        metrics: InferenceMetrics,
+        max_held_images: int | None = None,
+        max_held_bytes: int = MAX_HELD_BYTES,
+    ) -> None:
+        """`store`: where a job deferred by `admission` is read back from. `max_held_images` (default four times
+        the batcher's prefetch) and `max_held_bytes`: the bound on the jobs held in memory."""
         self.model = model
         self.device = str(engine.device)
         self.batcher = Batcher(engine, config, on_start=self.started, on_done=self.done, metrics=metrics)
+        self.admission = Admission(
+            self.run,
+            lambda job_id: as_dispatch(store.request(job_id)),
+            max_images=max_held_images or HELD_IMAGES_PER_PREFETCH * config.prefetch,
+            max_bytes=max_held_bytes,
+        )
         self._on_outcome: OutcomeHandler | None = None
         self._stopping = False
 
     async def start(self, on_outcome: OutcomeHandler) -> None:
         self._on_outcome = on_outcome
         self.batcher.start()
+        self.admission.start()
 
     async def publish(self, dispatch: Dispatch) -> None:
-        self.submit(dispatch)
+        self.admission.offer(dispatch)
 
-    def submit(self, dispatch: Dispatch) -> None:
+    def run(self, dispatch: Dispatch) -> None:
+        """A job admitted: to the model."""
         self.batcher.submit(WorkItem(dispatch.job_id, dispatch.images, dispatch.options))
 
     async def readiness(self) -> dict[str, object]:
@@ -55,6 +82,7 @@ class InProcessBroker:
         return {"mode": "embedded", "model": self.model, "device": self.device}
 
     async def stop(self) -> None:
+        await anyio.to_thread.run_sync(self.admission.stop)
         await anyio.to_thread.run_sync(self.batcher.stop)
         self._stopping = True
 
@@ -66,6 +94,7 @@ class InProcessBroker:
     def done(self, item: WorkItem, results: list[ImageResult]) -> None:
         """On the model's thread: hands the outcome over and returns (the store commits it on its own thread)."""
         self._record(JobFinished(item.key, results))
+        self.admission.finished(item.key)
 
     def _record(self, outcome: JobFinished) -> None:
         """An outcome the store could not record (disk full, database locked) is offered again after a pause,
@@ -85,6 +114,13 @@ class InProcessBroker:
         return self._on_outcome(outcome)
 
 
+def as_dispatch(request: StoredRequest | None) -> Dispatch | None:
+    """A stored job, to dispatch again; None when there is nothing to run."""
+    if request is None or request.images is None:
+        return None
+    return Dispatch(request.job_id, request.images, request.options, request.indices)
+
+
 def run_embedded(gateway: GatewaySettings, inference: InferenceSettings) -> None:
     """Open the store, load the model, serve until SIGTERM; then answer the requests in flight, finish the
     jobs started and leave the others in the store for the next start."""
@@ -99,5 +135,5 @@ def run_embedded(gateway: GatewaySettings, inference: InferenceSettings) -> None
         raise
     log.info("model %s loaded on %s", checkpoint, engine.device)
     metrics = InferenceMetrics()
-    broker = InProcessBroker(engine, BatcherConfig.of(inference), model=inference.model, metrics=metrics)
+    broker = InProcessBroker(engine, BatcherConfig.of(inference), store, model=inference.model, metrics=metrics)
     serve_app(gateway, store, broker, more_metrics=[metrics.registry])

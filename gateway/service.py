@@ -22,7 +22,7 @@ from blipq.gateway.broker import Broker, Dispatch, JobStarted, Outcome
 from blipq.gateway.jobs import Idempotency, Job, JobStatus
 from blipq.gateway.metrics import GatewayMetrics
 from blipq.gateway.settings import GatewaySettings
-from blipq.gateway.store import JobStore, PendingLimit, StoredRequest, job_not_found
+from blipq.gateway.store import JobStore, PendingLimit, StoredRequest, UnfinishedJob, job_not_found
 from blipq.gateway.store_outcomes import Recorded
 from blipq.gateway.waiters import Waiters
 
@@ -87,7 +87,8 @@ class Service:
                 QUEUE_FULL_RETRY_AFTER_S,
             ) from None
         if not created:  # an Idempotency-Key used again: publish it now if its first publish never got through
-            for request in await anyio.to_thread.run_sync(self.store.unpublished, stored_id):
+            request = await anyio.to_thread.run_sync(self.store.request, stored_id)
+            if request is not None and not request.published:
                 await self._publish_stored(request)
             return stored_id
         started = time.monotonic()
@@ -127,63 +128,70 @@ class Service:
 
     async def replay_unfinished(self) -> None:
         """At start-up, for a transport that kept nothing: dispatch every unfinished job again, and fail
-        the ones the model started `max_attempts` times already (the process stopped each time).
+        the ones the model started `max_attempts` times already (the process stopped each time). Jobs are read
+        from the store one at a time: a long backlog is never in memory at once.
 
         A job the model had started when the process stopped is a suspect: it may be what stopped it, or it
         may only have shared a batch with that job. Suspects run again one at a time, each waiting for the
         one before to finish, so a poison job's next crash costs an attempt to itself, not to every job
         replayed beside it. The jobs never started follow them."""
-        suspects: list[StoredRequest] = []
-        never_started: list[StoredRequest] = []
-        for request in await self._replayable():
-            await anyio.to_thread.run_sync(self.store.requeued, request.job_id)  # shown queued while it waits
-            (suspects if request.attempts else never_started).append(request)
-        for request in suspects:
-            finished = self.waiters.register(request.job_id)
+        suspects: list[str] = []
+        never_started: list[str] = []
+        for job in await self._replayable():
+            await anyio.to_thread.run_sync(self.store.requeued, job.job_id)  # shown queued while it waits
+            (suspects if job.attempts else never_started).append(job.job_id)
+        for job_id in suspects:
+            finished = self.waiters.register(job_id)
             try:
-                await self._publish_stored(request)
-                await asyncio.wrap_future(finished)
+                if await self._publish_stored(job_id):
+                    await asyncio.wrap_future(finished)
             finally:
-                self.waiters.release(request.job_id)
-        for request in never_started:
-            await self._publish_stored(request)
+                self.waiters.release(job_id)
+        for job_id in never_started:
+            await self._publish_stored(job_id)
 
-    async def _replayable(self) -> list[StoredRequest]:
+    async def _replayable(self) -> list[UnfinishedJob]:
         """The unfinished jobs that can run again; the others are failed `worker_lost` here."""
         limit = self.settings.max_attempts
         replayable = []
-        for request in await anyio.to_thread.run_sync(self.store.unfinished):
+        for job in await anyio.to_thread.run_sync(self.store.unfinished_jobs):
             lost = None
-            if request.images is None:
+            if not job.complete:
                 lost = ErrorInfo(
                     "worker_lost", "this job was handed to RabbitMQ, which kept its images; without it, it cannot run"
                 )
-            elif request.attempts >= limit:
+            elif job.attempts >= limit:
                 lost = ErrorInfo("worker_lost", f"the process captioning this job stopped {limit} times; giving up")
             if lost is None:
-                replayable.append(request)
+                replayable.append(job)
             else:
-                await asyncio.wrap_future(self.store.fail(request.job_id, lost))
+                await asyncio.wrap_future(self.store.fail(job.job_id, lost))
         return replayable
 
     async def publish_unconfirmed(self) -> None:
         """At start-up, for a transport that keeps requests itself (RabbitMQ): publish the jobs stored but never
         confirmed (this gateway stopped between the two), retrying until the broker takes each. A job that did
         reach the queue runs at most twice; the first outcome is kept."""
-        for request in await anyio.to_thread.run_sync(self.store.unpublished):
+        for job in await anyio.to_thread.run_sync(self.store.unfinished_jobs):
+            if job.published:
+                continue
             while True:
                 try:
-                    await self._publish_stored(request)
+                    await self._publish_stored(job.job_id)
                     break
                 except (QueueUnavailable, QueueFull, StoreUnavailable) as exc:
-                    log.info("job %s not published yet (%s); retrying", request.job_id, exc.message)
+                    log.info("job %s not published yet (%s); retrying", job.job_id, exc.message)
                     await asyncio.sleep(REPUBLISH_RETRY_S)
 
-    async def _publish_stored(self, request: StoredRequest) -> None:
-        if request.images is None:  # accepted before its bytes were kept: nothing to publish again
-            return
+    async def _publish_stored(self, job: str | StoredRequest) -> bool:
+        """Publish a stored job (read now, when given by id); False when there is nothing to publish: it is
+        finished or cancelled by now, or was accepted without keeping its bytes."""
+        request = await anyio.to_thread.run_sync(self.store.request, job) if isinstance(job, str) else job
+        if request is None or request.images is None:
+            return False
         await self.broker.publish(Dispatch(request.job_id, request.images, request.options, request.indices))
         await self._confirmed(request.job_id)
+        return True
 
     async def _confirmed(self, job_id: str) -> None:
         """The broker has the job: over RabbitMQ, which keeps it until it is answered, the stored bytes go."""

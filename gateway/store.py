@@ -42,7 +42,16 @@ class StoredRequest:
     images: tuple[ImageInput, ...] | None  # None: accepted with its bytes left to a broker (keep_images=False)
     options: CaptionOptions
     attempts: int  # times the model started on it
-    indices: tuple[int, ...] = ()  # the job's index of each image
+    indices: tuple[int, ...]  # the job's index of each image
+    published: bool  # the broker confirmed it
+
+
+@dataclass(frozen=True)
+class UnfinishedJob:
+    job_id: str
+    attempts: int  # times the model started on it
+    published: bool  # the broker confirmed it
+    complete: bool  # every image without an outcome has its bytes or URL here (see `create`'s keep_images)
 
 
 def open_store(url: str) -> JobStore:
@@ -149,10 +158,6 @@ class JobStore:
                 db.execute("DELETE FROM job_blobs WHERE job_id = ?", (job_id,))
 
         return self._file.write(published)
-
-    def unpublished(self, job_id: str | None = None) -> list[StoredRequest]:
-        """Unfinished jobs whose message the broker never confirmed (all, or the job `job_id`), oldest first."""
-        return self._requests("AND published = 0" + (" AND id = ?" if job_id else ""), (job_id,) if job_id else ())
 
     def discard(self, job_id: str) -> Future[None]:
         """Forget a job the broker refused: it was never accepted."""
@@ -273,33 +278,47 @@ class JobStore:
             where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
             return self._load_jobs(db, f"{where} ORDER BY seq LIMIT ?", (*params, limit))
 
-    def unfinished(self) -> list[StoredRequest]:
-        """Every job accepted and not finished, oldest first, with its request."""
-        return self._requests("", ())
-
-    def _requests(self, condition: str, params: tuple[object, ...]) -> list[StoredRequest]:
-        """Unfinished jobs (and `condition` on them), oldest first, with their requests."""
+    def unfinished_jobs(self) -> list[UnfinishedJob]:
+        """Every job accepted and not finished, oldest first, without its images (read one at a time with
+        `request`, so that a long backlog never sits in memory at once)."""
         with self._file.reading() as db:
-            jobs = db.execute(
-                f"SELECT id, options, attempts FROM jobs WHERE status IN (?, ?) {condition} ORDER BY seq",
-                (*UNFINISHED, *params),
+            rows = db.execute(
+                "SELECT id, attempts, published, NOT EXISTS (SELECT 1 FROM job_images LEFT JOIN job_blobs "
+                "USING (job_id, idx) WHERE job_id = jobs.id AND state IN (?, ?) AND url IS NULL AND data IS NULL) "
+                "FROM jobs WHERE status IN (?, ?) ORDER BY seq",
+                (*UNFINISHED, *UNFINISHED),
             ).fetchall()
-            requests = []
-            for job_id, options, attempts in jobs:
-                rows = db.execute(
-                    "SELECT idx, data, url FROM job_images LEFT JOIN job_blobs USING (job_id, idx) "
-                    "WHERE job_id = ? AND state IN (?, ?) ORDER BY idx",
-                    (job_id, *UNFINISHED),
-                ).fetchall()
-                images = None
-                if all(data is not None or url is not None for _, data, url in rows):
-                    images = tuple(
-                        ImageInput(data=data) if url is None else ImageInput(url=url) for _, data, url in rows
-                    )
-                options_model = CaptionOptions.model_validate_json(options)
-                indices = tuple(index for index, _, _ in rows)
-                requests.append(StoredRequest(job_id, images, options_model, attempts, indices))
-        return requests
+        return [
+            UnfinishedJob(job_id, attempts, bool(published), bool(kept)) for job_id, attempts, published, kept in rows
+        ]
+
+    def request(self, job_id: str) -> StoredRequest | None:
+        """An unfinished job as it was accepted, its images without an outcome yet; None when it is finished,
+        cancelled or unknown."""
+        with self._file.reading() as db:
+            job = db.execute(
+                "SELECT options, attempts, published FROM jobs WHERE id = ? AND status IN (?, ?)",
+                (job_id, *UNFINISHED),
+            ).fetchone()
+            if job is None:
+                return None
+            rows = db.execute(
+                "SELECT idx, data, url FROM job_images LEFT JOIN job_blobs USING (job_id, idx) "
+                "WHERE job_id = ? AND state IN (?, ?) ORDER BY idx",
+                (job_id, *UNFINISHED),
+            ).fetchall()
+        options, attempts, published = job
+        images = None
+        if all(data is not None or url is not None for _, data, url in rows):
+            images = tuple(ImageInput(data=data) if url is None else ImageInput(url=url) for _, data, url in rows)
+        return StoredRequest(
+            job_id,
+            images,
+            CaptionOptions.model_validate_json(options),
+            attempts,
+            tuple(index for index, _, _ in rows),
+            bool(published),
+        )
 
     def pending_images(self) -> int:
         """Images of unfinished jobs: queued or being captioned."""

@@ -18,7 +18,7 @@ from blipq.gateway.broker import Broker, Dispatch, OutcomeHandler
 from blipq.gateway.jobs import Job
 from blipq.gateway.rabbit import MessageSizes, RabbitBroker
 from blipq.gateway.settings import GatewaySettings
-from blipq.gateway.store import open_store
+from blipq.gateway.store import JobStore, open_store
 from blipq.inference.amqp_worker import AmqpWorker
 from blipq.inference.batcher import BatcherConfig
 from blipq.inference.engine import CaptionEngine
@@ -81,36 +81,39 @@ def server(
 
 
 class HeldModelBroker(InProcessBroker):
-    """The embedded transport with its model held back: published jobs wait, as they would on a broker
+    """The embedded transport with its model held back: the jobs admitted wait, as they would on a broker
     with no consumer, until `run_model()` starts the real batcher on them."""
 
-    def __init__(self, engine: CaptionEngine, config: BatcherConfig) -> None:
-        super().__init__(engine, config, model="tiny", metrics=InferenceMetrics())
+    def __init__(self, engine: CaptionEngine, config: BatcherConfig, store: JobStore, **bounds: int) -> None:
+        super().__init__(engine, config, store, model="tiny", metrics=InferenceMetrics(), **bounds)
         self.held: list[Dispatch] | None = []
-        # Jobs are published on the app's event loop (a replay, in the background) while the test's thread
-        # runs the model: no job may slip between the two.
+        # Jobs are admitted on the app's event loop (a replay, in the background) and on the admission's
+        # thread while the test's thread runs the model: no job may slip between the two.
         self._holding = threading.Lock()
 
     async def start(self, on_outcome: OutcomeHandler) -> None:
         self._on_outcome = on_outcome
+        self.admission.start()
 
-    async def publish(self, dispatch: Dispatch) -> None:
+    def run(self, dispatch: Dispatch) -> None:
         with self._holding:
             if self.held is not None:
                 self.held.append(dispatch)
                 return
-        self.submit(dispatch)
+        super().run(dispatch)
 
     def run_model(self) -> None:
         self.batcher.start()
         with self._holding:
             held, self.held = self.held or [], None
         for dispatch in held:
-            self.submit(dispatch)
+            super().run(dispatch)
 
     async def stop(self) -> None:
         if self.held is None:
             await super().stop()
+        else:
+            self.admission.stop()
 
 
 AppFactory = Callable[..., TestClient]
@@ -145,13 +148,20 @@ def make_client(request: pytest.FixtureRequest, tmp_path: Path, engine: CaptionE
     model, or RabbitMQ (the test's broker) with an `AmqpWorker` thread running the tiny model.
 
     `model_running=False` holds the model back until `client.app.state.run_model()`;
-    `client.app.state.stop_model()` stops it. `worker_max_images`: the worker's limit per request message."""
+    `client.app.state.stop_model()` stops it. `worker_max_images`: the worker's limit per request message;
+    `held_bounds`: the embedded mode's bounds on the jobs held in memory (max_held_images, max_held_bytes)."""
     stack = ExitStack()
     numbers = itertools.count()
     config = BatcherConfig(max_batch=4, fetch=FetchPolicy(allow_networks=("127.0.0.0/8",)))
     broker_for_tests: TestBroker | None = request.getfixturevalue("rabbitmq") if request.param == "rabbitmq" else None
 
-    def build(*, model_running: bool = True, worker_max_images: int = 256, **overrides: Any) -> TestClient:
+    def build(
+        *,
+        model_running: bool = True,
+        worker_max_images: int = 256,
+        held_bounds: dict[str, int] | None = None,
+        **overrides: Any,
+    ) -> TestClient:
         # Each app its own virtual host: a second app in one test must not share the first one's worker.
         amqp_url = broker_for_tests.fresh_url() if broker_for_tests is not None else None
         settings = GatewaySettings(store=f"sqlite:///{tmp_path}/store-{next(numbers)}.db", **overrides)
@@ -159,7 +169,7 @@ def make_client(request: pytest.FixtureRequest, tmp_path: Path, engine: CaptionE
         stack.callback(store.close)
         broker: Broker
         if amqp_url is None:
-            held = HeldModelBroker(engine, config)
+            held = HeldModelBroker(engine, config, store, **(held_bounds or {}))
             broker, run, stop = held, held.run_model, held.batcher.stop
         else:
             limit = settings.max_queued_messages

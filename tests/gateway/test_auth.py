@@ -106,7 +106,7 @@ def test_a_broken_keys_file_stops_startup_with_a_clear_message(tmp_path: Path, e
     keys.write_text("sha256:abc\n")
     settings = GatewaySettings(store=f"sqlite:///{tmp_path}/store.db", api_keys_file=keys)
     store = open_store(settings.store)
-    broker = InProcessBroker(engine, BatcherConfig(), model="tiny", metrics=InferenceMetrics())
+    broker = InProcessBroker(engine, BatcherConfig(), store, model="tiny", metrics=InferenceMetrics())
     try:
         with pytest.raises(BlipqError, match=r"keys\.txt:1: sha256: must be followed by 64 hex digits"):
             create_app(settings, store, broker)

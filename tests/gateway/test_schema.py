@@ -74,7 +74,8 @@ def api_schema(
         )
         store = open_store(config.store)
         batching = BatcherConfig(max_batch=4, fetch=FetchPolicy(timeout_s=FETCH_TIMEOUT_S))
-        app = create_app(config, store, InProcessBroker(engine, batching, model="tiny", metrics=InferenceMetrics()))
+        broker = InProcessBroker(engine, batching, store, model="tiny", metrics=InferenceMetrics())
+        app = create_app(config, store, broker)
         with TestClient(app):
             yield schemathesis.openapi.from_asgi("/openapi.json", app)
         store.close()

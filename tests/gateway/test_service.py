@@ -98,8 +98,7 @@ def test_a_recovery_at_start_up_that_fails_is_logged_and_the_gateway_serves_on(
     def unreadable(*_args: object, **_kwargs: object) -> None:
         raise StoreUnavailable("store error at store.db: disk I/O error")
 
-    monkeypatch.setattr(JobStore, "unfinished", unreadable)
-    monkeypatch.setattr(JobStore, "unpublished", unreadable)
+    monkeypatch.setattr(JobStore, "unfinished_jobs", unreadable)
     client = make_client()
     wait_until(lambda: "the unfinished jobs were not all dispatched again" in caplog.text, timeout_s=30)
     assert "disk I/O error" in caplog.text
@@ -130,4 +129,4 @@ def test_jobs_stored_but_never_published_are_published_at_start_up_and_on_a_retr
     assert finished_job(client, keyed).status is JobStatus.SUCCEEDED
     again = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "retry-me"})  # published: not again
     assert again.json()["id"] == keyed
-    assert store.unpublished() == []
+    assert store.unfinished_jobs() == []  # nothing left to publish or run

@@ -12,10 +12,19 @@ from blipq.contract.errors import IdempotencyConflict, StoreUnavailable
 from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
 from blipq.gateway.jobs import Idempotency, JobStatus
-from blipq.gateway.store import JobStore, open_store
+from blipq.gateway.store import JobStore, StoredRequest, open_store
 
 TWO = [ImageInput(data=b"first image"), ImageInput(url="https://example.test/b.jpg")]
 CAPTIONS = [ImageResult(caption="a cat"), ImageResult(error=ErrorInfo("fetch_failed", "image 1: HTTP 404"))]
+
+
+def unfinished(store: JobStore) -> list[StoredRequest]:
+    """Every unfinished job's request, read one at a time as a replay reads them."""
+    return [request for job in store.unfinished_jobs() if (request := store.request(job.job_id)) is not None]
+
+
+def unpublished(store: JobStore) -> list[str]:
+    return [job.job_id for job in store.unfinished_jobs() if not job.published]
 
 
 @pytest.fixture
@@ -36,7 +45,7 @@ def test_the_first_outcome_wins(store: JobStore) -> None:
     assert [image.state for image in job.images] == ["done", "failed"]
     assert job.captions == ["a cat", None]
     assert store.pending_images() == 0
-    assert store.unfinished() == []
+    assert unfinished(store) == []
 
 
 def test_a_late_outcome_for_a_cancelled_or_purged_job_changes_nothing(store: JobStore) -> None:
@@ -55,7 +64,7 @@ def test_the_parts_of_a_split_job_finish_it_together_and_each_images_first_outco
     first = store.finish(job_id, [ImageResult(caption="a"), ImageResult(caption="b")], indices=[3, 4]).result()
     assert (first.new, first.finished) == (True, False)
     assert store.get(job_id).status is JobStatus.RUNNING  # a part is done, the rest is under way
-    assert [request.indices for request in store.unfinished()] == [(0, 1, 2)]
+    assert [request.indices for request in unfinished(store)] == [(0, 1, 2)]
     again = store.finish(job_id, [ImageResult(caption="x"), ImageResult(caption="y")], indices=[3, 4]).result()
     assert (again.new, again.finished) == (False, False)  # a part's reply delivered twice
     lost = ErrorInfo("worker_lost", "stopped 4 times")
@@ -113,12 +122,12 @@ def test_unfinished_jobs_keep_their_request_and_count_attempts(store: JobStore) 
     store.started(job_id).result()
     store.started(job_id).result()
     assert store.get(job_id).status is JobStatus.RUNNING
-    (request,) = store.unfinished()
+    (request,) = unfinished(store)
     assert (request.job_id, request.images, request.options, request.attempts) == (job_id, tuple(TWO), greedy, 2)
     assert request.indices == (0, 1)
     store.requeued(job_id)
     assert store.get(job_id).status is JobStatus.QUEUED
-    assert store.unfinished()[0].attempts == 2  # requeuing does not forget the attempts
+    assert unfinished(store)[0].attempts == 2  # requeuing does not forget the attempts
 
 
 def test_a_refused_job_is_discarded_and_its_key_freed(store: JobStore) -> None:
@@ -135,7 +144,7 @@ def test_a_store_survives_reopening(tmp_path: Path) -> None:
     job_id, _ = first.create(TWO, CaptionOptions()).result()
     first.close()
     again = open_store(url)
-    assert [request.job_id for request in again.unfinished()] == [job_id]
+    assert [request.job_id for request in unfinished(again)] == [job_id]
 
 
 #: The tables the claim/lease queue of earlier versions wrote to the same default file.
@@ -162,7 +171,7 @@ def test_a_store_of_the_earlier_queue_is_carried_over(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         db.executescript(EARLIER_SCHEMA)
     store = open_store(f"sqlite:///{path}")
-    (request,) = store.unfinished()
+    (request,) = unfinished(store)
     assert request.job_id == "a"
     assert request.images == (ImageInput(data=b"\x01\x02"),)  # the image without an outcome yet
     assert store.get("a").status is JobStatus.QUEUED
@@ -191,14 +200,14 @@ def test_a_store_of_the_unversioned_layout_moves_its_image_bytes_aside(tmp_path:
     with sqlite3.connect(path) as db:
         db.executescript(VERSION_1_SCHEMA)
     store = open_store(f"sqlite:///{path}")
-    (request,) = store.unfinished()
+    (request,) = unfinished(store)
     assert request.images == (ImageInput(data=b"\x03\x04"), ImageInput(url="https://x.test/c.png"))
     assert request.attempts == 1
     store.close()
     with sqlite3.connect(path) as db:
         assert "data" not in {row[1] for row in db.execute("PRAGMA table_info(job_images)")}
         assert db.execute("PRAGMA user_version").fetchone() == (3,)
-    assert open_store(f"sqlite:///{path}").unpublished() == []  # jobs of earlier versions count as published
+    assert unpublished(open_store(f"sqlite:///{path}")) == []  # jobs of earlier versions count as published
 
 
 def test_a_store_of_version_2_learns_which_jobs_were_published(tmp_path: Path) -> None:
@@ -210,8 +219,8 @@ def test_a_store_of_version_2_learns_which_jobs_were_published(tmp_path: Path) -
         db.execute("ALTER TABLE jobs DROP COLUMN published")
         db.execute("PRAGMA user_version = 2")
     store = open_store(f"sqlite:///{path}")
-    assert [request.job_id for request in store.unfinished()] == ["a"]
-    assert store.unpublished() == []
+    assert [request.job_id for request in unfinished(store)] == ["a"]
+    assert unpublished(store) == []
     store.close()
 
 
@@ -227,9 +236,10 @@ def test_a_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
 def test_image_bytes_are_kept_only_while_they_may_be_needed(store: JobStore, tmp_path: Path) -> None:
     kept, _ = store.create(TWO, CaptionOptions()).result()
     left_to_the_broker, _ = store.create(TWO, CaptionOptions(), keep_images=False).result()
-    requests = {request.job_id: request for request in store.unfinished()}
+    requests = {request.job_id: request for request in unfinished(store)}
     assert requests[kept].images == tuple(TWO)
     assert requests[left_to_the_broker].images is None
+    assert [job.complete for job in store.unfinished_jobs()] == [True, False]
     store.finish(kept, CAPTIONS).result()
     with sqlite3.connect(tmp_path / "store.db") as db:
         assert db.execute("SELECT COUNT(*) FROM job_blobs").fetchone() == (0,)
@@ -240,12 +250,14 @@ def test_a_job_is_unpublished_until_the_broker_confirmed_it_and_then_its_bytes_g
 ) -> None:
     first, _ = store.create(TWO, CaptionOptions()).result()
     second, _ = store.create(TWO, CaptionOptions()).result()
-    assert [request.job_id for request in store.unpublished()] == [first, second]
-    assert [request.images for request in store.unpublished(second)] == [tuple(TWO)]
+    assert unpublished(store) == [first, second]
+    request = store.request(second)
+    assert request is not None
+    assert (request.images, request.published) == (tuple(TWO), False)
     store.published(first, keep_images=False).result()
     store.published(second, keep_images=True).result()
-    assert store.unpublished() == []
-    requests = {request.job_id: request for request in store.unfinished()}
+    assert unpublished(store) == []
+    requests = {request.job_id: request for request in unfinished(store)}
     assert requests[first].images is None  # the broker has them
     assert requests[second].images == tuple(TWO)  # the embedded mode replays from the store
 
