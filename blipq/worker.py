@@ -33,6 +33,7 @@ def run_worker(settings: InferenceSettings) -> None:
         settings.broker_url, engine, BatcherConfig.of(settings), model_name=settings.model,
         max_messages=settings.max_queued_messages, max_images=settings.max_images_per_job,
         request_policy=ImagePolicy.of(settings), metrics=metrics,
+        max_message_bytes=settings.max_message_bytes, max_held_bytes=settings.max_held_bytes,
     )  # fmt: skip
     # The handler only records the signal: setting an Event from a handler can deadlock on the Event's
     # own lock, so the main thread sets it while the worker runs in another thread.

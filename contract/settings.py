@@ -9,6 +9,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ImageFormat = Literal["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
 
+#: RabbitMQ's max_message_size as deploy/ sets it: a gateway's part or one image of up to 20 MiB fits.
+DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
 #: Lists come from the environment as comma-separated text (`BLIPQ_IMAGE_FORMATS=JPEG,PNG`), not JSON.
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -26,6 +29,13 @@ class SharedSettings(BaseSettings):
         10_000, ge=1, description="Request messages RabbitMQ holds before refusing publishes (x-max-length)."
     )
     max_images_per_job: int = Field(256, ge=1, description="Images one request (or request message) may carry.")
+    max_message_bytes: int = Field(
+        DEFAULT_MAX_MESSAGE_BYTES,
+        ge=1024,
+        description="Over RabbitMQ: the broker's max_message_size. No part of a job is larger; an image that alone "
+        "would be gets 413 (RabbitMQ would refuse it by closing the channel, failing every publish in flight on it). "
+        "A worker refuses a larger message, and holds at most max_held_bytes / this many messages at once.",
+    )
 
     max_image_pixels: int = Field(64_000_000, ge=1, description="Larger images are refused before decoding.")
     max_image_bytes: int = Field(

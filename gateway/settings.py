@@ -46,12 +46,6 @@ class GatewaySettings(SharedSettings):
     max_queue_depth: int = Field(
         100_000, ge=0, description="New jobs get 429 while this many images are queued or running; 0 = no limit."
     )
-    max_message_bytes: int = Field(
-        32 * 1024 * 1024,
-        ge=1024,
-        description="Over RabbitMQ: the broker's max_message_size. No part of a job is larger; an image that alone "
-        "would be gets 413 (RabbitMQ would refuse it by closing the channel, failing every publish in flight on it).",
-    )
     part_bytes: int = Field(
         4 * 1024 * 1024,
         ge=1024,

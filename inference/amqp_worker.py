@@ -38,14 +38,16 @@ from blipq.contract.amqp import (
     request_queue,
     topology,
 )
-from blipq.contract.errors import BlipqError
+from blipq.contract.errors import BlipqError, InputTooLarge
 from blipq.contract.images import ImagePolicy
 from blipq.contract.messages import ImageResult
 from blipq.contract.parts import PART_HEADER
+from blipq.contract.settings import DEFAULT_MAX_MESSAGE_BYTES
 from blipq.inference.batcher import Batcher, BatcherConfig, WorkItem
 from blipq.inference.engine import CaptionEngine
 from blipq.inference.metrics import InferenceMetrics
 from blipq.inference.requests import ParsedRequest, dead_letter_error, parse_request
+from blipq.inference.settings import DEFAULT_MAX_HELD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +110,22 @@ class AmqpWorker:
         max_images: int,
         request_policy: ImagePolicy,
         metrics: InferenceMetrics | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
     ) -> None:
         """`request_policy` checks each image of a message on arrival, bytes included (a message may come from
-        any publisher, not only from a gateway that checked it already)."""
+        any publisher, not only from a gateway that checked it already). A message over `max_message_bytes` is
+        refused; the prefetch keeps the messages held within `max_held_bytes`."""
         self.url = url
         self.config = config
         self.model_name = model_name
         self.max_messages = max_messages
         self.max_images = max_images
         self.request_policy = request_policy
+        self.max_message_bytes = max_message_bytes
+        # Enough unacked requests to fill a batch while the previous one is on the model, and no more than
+        # max_held_bytes of them: RabbitMQ's prefetch counts messages, each at most max_message_bytes.
+        self.prefetch = max(1, min(2 * config.max_batch, max_held_bytes // max_message_bytes))
         self.metrics = metrics or InferenceMetrics()
         self.batcher = Batcher(engine, config, on_start=lambda item: None, on_done=self._done, metrics=self.metrics)
         self._connection: pika.BlockingConnection | None = None
@@ -166,8 +175,7 @@ class AmqpWorker:
         channel = connection.channel()
         channel.confirm_delivery()
         declare_topology(channel, self.max_messages)
-        # Enough unacked requests to fill a batch while the previous one is on the model.
-        channel.basic_qos(prefetch_count=2 * self.config.max_batch)
+        channel.basic_qos(prefetch_count=self.prefetch)
         channel.basic_consume(request_queue(self.max_messages).name, self._on_request)
         channel.basic_consume(DEAD_QUEUE.name, self._on_dead_letter)
         self._connection, self._channel = connection, channel
@@ -219,6 +227,8 @@ class AmqpWorker:
             channel.basic_reject(tag, requeue=False)
             return
         try:
+            if len(body) > self.max_message_bytes:
+                raise InputTooLarge(f"a {len(body)}-byte message; the limit is {self.max_message_bytes} bytes")
             request = parse_request(body, properties.content_type, self.request_policy, self.max_images)
         except BlipqError as exc:
             log.warning("request %s rejected: %s", properties.correlation_id, exc.message)

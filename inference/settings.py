@@ -19,6 +19,8 @@ DType = Literal["auto", "fp32", "fp16", "bf16"]
 
 Decoder = Literal["blipq", "transformers"]
 
+DEFAULT_MAX_HELD_BYTES = 1024 * 1024 * 1024
+
 
 class InferenceSettings(SharedSettings):
     model: str = Field(DEFAULT_MODEL, description="Local checkpoint directory or Hugging Face hub id.")
@@ -53,6 +55,12 @@ class InferenceSettings(SharedSettings):
         False,
         description="Decode JPEGs at least twice the model's input size at 1/2, 1/4 or 1/8 scale: far less CPU "
         "per image, but not the pixels of a full decode (captions may change).",
+    )
+    max_held_bytes: int = Field(
+        DEFAULT_MAX_HELD_BYTES,
+        ge=1024,
+        description="`blipq worker`: the request bytes it may hold at once; its prefetch is at most this divided "
+        "by max_message_bytes messages (and at most twice max_batch).",
     )
     metrics_port: int = Field(0, ge=0, le=65535, description="`blipq worker`: Prometheus metrics port; 0 = off.")
     fetch_timeout_s: float = Field(20.0, gt=0, description="Total time allowed to fetch one URL.")

@@ -54,6 +54,10 @@ class OutsidePublisher:
             found[properties.correlation_id] = _reply(properties, body)
         return found
 
+    def requests_waiting(self) -> int:
+        """Requests in `blipq.caption` that no worker holds yet."""
+        return int(self.channel.queue_declare("blipq.caption", passive=True).method.message_count)
+
     def close(self) -> None:
         self.connection.close()
 

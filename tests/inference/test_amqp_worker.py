@@ -344,3 +344,40 @@ def test_a_worker_whose_model_threads_died_stops_with_an_error(
         thread.join(30)
     assert not thread.is_alive()
     assert [type(failure) for failure in failures] == [BatcherDied]
+
+
+def test_the_worker_holds_no_more_request_bytes_than_its_bound(
+    amqp_url: str, engine: CaptionEngine, crawling_server: str
+) -> None:
+    """Prefetch counts messages: with messages of up to 100 kB and 300 kB to hold, a worker whose batches would
+    want 16 takes 3 at a time. Six requests whose URL crawls: three wait in the queue while it holds three."""
+    config = BatcherConfig(
+        max_batch=8, decode_threads=8, fetch=FetchPolicy(timeout_s=3, allow_networks=("127.0.0.1/32",))
+    )
+    bounded = AmqpWorker(
+        amqp_url, engine, config, model_name="tiny", max_messages=1000, max_images=16,
+        request_policy=ImagePolicy(max_bytes=1_000_000), max_message_bytes=100_000, max_held_bytes=300_000,
+    )  # fmt: skip
+    assert bounded.prefetch == 3
+    stop = threading.Event()
+    thread = threading.Thread(target=bounded.run, args=(stop,))
+    thread.start()
+    client = OutsidePublisher(amqp_url)
+    try:
+        assert bounded.connected.wait(30)
+        slow = [f"slow-{number}" for number in range(6)]
+        for number, correlation_id in enumerate(slow):
+            client.publish(
+                json.dumps({"images": [{"url": f"{crawling_server}/{number}.jpg"}]}).encode(), correlation_id
+            )
+        wait_until(lambda: client.requests_waiting() == 3, timeout_s=10)
+        first = client.replies(3, timeout_s=30)  # the first three fail at their deadline...
+        rest = client.replies(3, timeout_s=30)  # ...and only then are the other three delivered
+        assert set(first) | set(rest) == set(slow)
+        oversized = json.dumps({"images": [{"b64": base64.b64encode(b"x" * 100_000).decode()}]}).encode()
+        client.publish(oversized, "too-big")
+        assert client.replies(1, timeout_s=30)["too-big"]["error"]["code"] == "invalid_request"
+    finally:
+        client.close()
+        stop.set()
+        thread.join(60)
