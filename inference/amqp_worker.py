@@ -46,6 +46,7 @@ from blipq.contract.settings import DEFAULT_MAX_MESSAGE_BYTES
 from blipq.inference.batcher import Batcher, BatcherConfig, WorkItem
 from blipq.inference.engine import CaptionEngine
 from blipq.inference.metrics import InferenceMetrics
+from blipq.inference.prefetch import PrefetchTuner
 from blipq.inference.requests import ParsedRequest, dead_letter_error, parse_request
 from blipq.inference.settings import DEFAULT_MAX_HELD_BYTES
 
@@ -123,9 +124,9 @@ class AmqpWorker:
         self.max_images = max_images
         self.request_policy = request_policy
         self.max_message_bytes = max_message_bytes
-        # Enough unacked requests to fill a batch while the previous one is on the model, and no more than
-        # max_held_bytes of them: RabbitMQ's prefetch counts messages, each at most max_message_bytes.
-        self.prefetch = max(1, min(2 * config.max_batch, max_held_bytes // max_message_bytes))
+        # Two batches of images in hand (one on the model, the next ready), in as many messages as the recent
+        # ones carry, and never more than max_held_bytes: each message is at most max_message_bytes.
+        self.prefetch = PrefetchTuner(2 * config.max_batch, cap=max(1, max_held_bytes // max_message_bytes))
         self.metrics = metrics or InferenceMetrics()
         self.batcher = Batcher(engine, config, on_start=lambda item: None, on_done=self._done, metrics=self.metrics)
         self._connection: pika.BlockingConnection | None = None
@@ -138,6 +139,8 @@ class AmqpWorker:
         self._unclaimed: OrderedDict[str, list[ImageResult]] = OrderedDict()
         self._completed: queue.SimpleQueue[tuple[str, list[ImageResult]]] = queue.SimpleQueue()
         self._numbers = itertools.count()
+        self._request_consumer: str | None = None
+        self._prefetch_now = 0
         self.connected = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
@@ -175,13 +178,33 @@ class AmqpWorker:
         channel = connection.channel()
         channel.confirm_delivery()
         declare_topology(channel, self.max_messages)
-        channel.basic_qos(prefetch_count=self.prefetch)
-        channel.basic_consume(request_queue(self.max_messages).name, self._on_request)
         channel.basic_consume(DEAD_QUEUE.name, self._on_dead_letter)
         self._connection, self._channel = connection, channel
+        self._consume_requests(self.prefetch.wanted)
         self._generation += 1
         self.connected.set()
         log.info("consuming %s on %s", request_queue(self.max_messages).name, parameters.host)
+
+    def _consume_requests(self, prefetch: int) -> None:
+        """Consume the request queue holding up to `prefetch` messages (a consumer's prefetch is set when it
+        starts: a new one takes a new prefetch)."""
+        assert self._channel is not None
+        self._channel.basic_qos(prefetch_count=prefetch)
+        self._request_consumer = self._channel.basic_consume(request_queue(self.max_messages).name, self._on_request)
+        self._prefetch_now = prefetch
+
+    def _retune_prefetch(self) -> None:
+        """The recent messages call for another prefetch: the consumer starts again with it. Deliveries already
+        here stay valid (acks go to the channel, not to the consumer), and stay in hand beside the new
+        consumer's until they are answered."""
+        wanted = self.prefetch.wanted
+        if self._channel is None or self._request_consumer is None or wanted == self._prefetch_now:
+            return
+        log.info("holding up to %d request messages (was %d)", wanted, self._prefetch_now)
+        arrived = self._channel.basic_cancel(self._request_consumer)  # delivered before the cancel took effect
+        self._consume_requests(wanted)
+        for channel, method, properties, body in arrived:
+            self._on_request(channel, method, properties, body)
 
     def _pump(self, seconds: float) -> None:
         assert self._connection is not None
@@ -189,11 +212,13 @@ class AmqpWorker:
         if self._channel is not None and self._channel.is_closed:  # e.g. a consumer_timeout: the broker closed it
             raise pika.exceptions.ChannelWrongStateError("RabbitMQ closed the channel")
         self._answer_completed()
+        self._retune_prefetch()
 
     def _drain(self) -> None:
         """Stop taking requests; answer the ones in hand (prefetch bounds them) for at most DRAIN_TIMEOUT_S,
         within compose's grace period. What is left unanswered, the broker delivers again."""
         assert self._channel is not None
+        self._request_consumer = None  # no more tuning: nothing is consumed any more
         for tag in list(self._channel.consumer_tags):
             self._channel.basic_cancel(tag)
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
@@ -234,6 +259,7 @@ class AmqpWorker:
             log.warning("request %s rejected: %s", properties.correlation_id, exc.message)
             channel.basic_reject(tag, requeue=False)  # answered from the dead-letter queue
             return
+        self.prefetch.observe(request.size)
         delivery = _Delivery(tag, properties.reply_to, properties.correlation_id, request, _part(properties))
         # The publisher's message id, else its reply address: a copy delivered again, or published twice by a
         # publisher that retried, is the same request.

@@ -41,10 +41,12 @@ def running_worker(amqp_url: str, engine: CaptionEngine, config: BatcherConfig |
     stop = threading.Event()
     thread = threading.Thread(target=running.run, args=(stop,))
     thread.start()
-    assert running.connected.wait(30), "the worker did not connect"
-    yield running
-    stop.set()
-    thread.join(60)
+    try:
+        assert running.connected.wait(30), "the worker did not connect"
+        yield running
+    finally:  # a failing test must not leave the worker running (the test process would never exit)
+        stop.set()
+        thread.join(60)
     assert not thread.is_alive()
 
 
@@ -358,7 +360,7 @@ def test_the_worker_holds_no_more_request_bytes_than_its_bound(
         amqp_url, engine, config, model_name="tiny", max_messages=1000, max_images=16,
         request_policy=ImagePolicy(max_bytes=1_000_000), max_message_bytes=100_000, max_held_bytes=300_000,
     )  # fmt: skip
-    assert bounded.prefetch == 3
+    assert (bounded.prefetch.cap, bounded.prefetch.wanted) == (3, 3)
     stop = threading.Event()
     thread = threading.Thread(target=bounded.run, args=(stop,))
     thread.start()
@@ -381,3 +383,31 @@ def test_the_worker_holds_no_more_request_bytes_than_its_bound(
         client.close()
         stop.set()
         thread.join(60)
+
+
+def test_big_messages_make_the_worker_hold_fewer_of_them(
+    amqp_url: str, engine: CaptionEngine, crawling_server: str
+) -> None:
+    """A worker of max_batch 4 wants 8 images in hand: eight one-image messages, or two of four images. After
+    one four-image request it takes two more (its first one is still in hand), and of five such requests
+    (crawling URLs) two wait in the queue instead of all being taken at once."""
+    config = BatcherConfig(
+        max_batch=4, decode_threads=8, fetch=FetchPolicy(timeout_s=2, allow_networks=("127.0.0.1/32",))
+    )
+    with running_worker(amqp_url, engine, config) as worker:
+        assert worker.prefetch.wanted == 8
+        client = OutsidePublisher(amqp_url)
+        try:
+            ids = [f"four-{number}" for number in range(5)]
+            for number, correlation_id in enumerate(ids):
+                body = {"images": [{"url": f"{crawling_server}/{number}-{image}.jpg"} for image in range(4)]}
+                client.publish(json.dumps(body).encode(), correlation_id)
+                if number == 0:  # learnt from the first one
+                    wait_until(lambda: worker.prefetch.wanted == 2, timeout_s=10)
+            wait_until(lambda: client.requests_waiting() == 2, timeout_s=10)
+            replies = client.replies(5, timeout_s=60)
+            assert {image["error"]["code"] for reply in replies.values() for image in reply["images"]} == {
+                "fetch_failed"
+            }
+        finally:
+            client.close()
