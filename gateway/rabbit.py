@@ -2,9 +2,11 @@
 the replies from this gateway's own durable queue.
 
 A job is accepted only once the broker confirmed its message. A full request queue nacks the publish
-(`x-overflow: reject-publish`): 429 `queue_full`; no connection: 503 `queue_unavailable`. The robust
-connection reconnects with capped backoff and redeclares the queues and the reply consumer by itself.
-A gateway whose reply queue another gateway consumes already (the same gateway id) does not start.
+(`x-overflow: reject-publish`): 429 `queue_full`; no connection, or a broker in a memory or disk alarm: 503
+`queue_unavailable`. Jobs are published on one connection, replies consumed on another, so an alarm, which
+stops the publishing one, leaves replies and /readyz going. The robust connections reconnect with capped
+backoff and redeclare the queues and the reply consumer by themselves. A gateway whose reply queue another
+gateway consumes already (the same gateway id) does not start.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pydantic import ValidationError
 from blipq.contract import replies as reply_codec
 from blipq.contract.amqp import (
     EXCHANGE,
+    REPLY_QUEUE_PREFIX,
     REQUEST_QUEUE,
     ROUTING_KEY,
     Backoff,
@@ -41,6 +44,8 @@ from blipq.gateway.settings import GatewaySettings
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 10.0
+BLOCKED_PROBE_S = 0.05  # how long a publish looks whether RabbitMQ blocks publishing (a memory or disk alarm)
+ALARM = "RabbitMQ refuses new messages now (a memory or disk alarm on the broker); retry shortly"
 STORE_RETRY_S = 1.0
 FIRST_ATTEMPT_S = 15.0  # how long start-up waits for the first connection's verdict
 TAKEN_GRACE_S = 5.0  # how long a reply queue may look taken before this gateway gives up starting
@@ -88,7 +93,8 @@ class RabbitBroker:
         self.sizes = sizes
         self.replies: QueueSpec = reply_queue(gateway_id)
         self._on_outcome: OutcomeHandler | None = None
-        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None  # replies, declarations, readiness
+        self._publisher: aio_pika.abc.AbstractRobustConnection | None = None  # jobs
         self._exchange: aio_pika.abc.AbstractExchange | None = None
         self._connecting: asyncio.Task[None] | None = None
 
@@ -126,9 +132,14 @@ class RabbitBroker:
             first_attempt.set()
 
     async def _connect(self) -> None:
-        connection = await aio_pika.connect_robust(self.url, reconnect_interval=1, fail_fast=True)
+        """Two connections, as RabbitMQ advises: during a memory or disk alarm it stops reading from the connections
+        that publish, and everything on them waits (aiormq holds every frame), while a connection that only
+        consumes goes on. So replies are consumed and acknowledged, and /readyz answers, on one that never
+        publishes; jobs are published on the other."""
+        replies = await self._open("replies")
+        jobs = None
         try:
-            channel = await connection.channel(publisher_confirms=True)
+            channel = await replies.channel()
             shape = topology(self.max_messages)
             exchanges = {
                 spec.name: await channel.declare_exchange(spec.name, aio_pika.ExchangeType(spec.type), durable=True)
@@ -137,19 +148,30 @@ class RabbitBroker:
             queues = {spec.name: await self._declare(channel, spec) for spec in shape.queues}
             for binding in shape.bindings:
                 await queues[binding.queue].bind(exchanges[binding.exchange], binding.routing_key)
-            exchange = exchanges[EXCHANGE]
-            replies = await self._declare(channel, self.replies)
-            if replies.declaration_result.consumer_count:
+            reply_queue = await self._declare(channel, self.replies)
+            if reply_queue.declaration_result.consumer_count:
                 raise ReplyQueueTaken(self.replies.name)
-            await replies.consume(self._on_reply, exclusive=True)
+            await reply_queue.consume(self._on_reply, exclusive=True)
             # Two gateways that started at the same moment both saw no consumer: now each sees the other.
             if ((await self._declare(channel, self.replies)).declaration_result.consumer_count or 0) > 1:
                 raise ReplyQueueTaken(self.replies.name)
+            jobs = await self._open("jobs")
+            publishing = await jobs.channel(publisher_confirms=True)
+            exchange = await publishing.get_exchange(EXCHANGE, ensure=False)  # declared above
         except BaseException:
-            await connection.close()
+            for connection in (replies, jobs):
+                if connection is not None:
+                    await connection.close()
             raise
-        self._connection, self._exchange = connection, exchange
+        self._connection, self._publisher, self._exchange = replies, jobs, exchange
         log.info("connected to RabbitMQ; replies come to %s", self.replies.name)
+
+    async def _open(self, purpose: str) -> aio_pika.abc.AbstractRobustConnection:
+        """A robust connection, named for RabbitMQ's tools (`rabbitmqctl list_connections client_properties`)."""
+        name = f"blipq gateway {self.replies.name.removeprefix(REPLY_QUEUE_PREFIX)} ({purpose})"
+        return await aio_pika.connect_robust(
+            self.url, reconnect_interval=1, fail_fast=True, client_properties={"connection_name": name}
+        )
 
     @staticmethod
     async def _declare(channel: aio_pika.abc.AbstractChannel, spec: QueueSpec) -> aio_pika.abc.AbstractQueue:
@@ -157,8 +179,23 @@ class RabbitBroker:
 
     @property
     def connected(self) -> bool:
-        """Connected now: not before the first connection, nor while the robust connection reconnects."""
-        return self._connection is not None and self._connection.connected.is_set()
+        """Connected now: not before the first connection, nor while a robust connection reconnects."""
+        return all(
+            connection is not None and connection.connected.is_set()
+            for connection in (self._connection, self._publisher)
+        )
+
+    async def _refusing_publishes(self) -> bool:
+        """RabbitMQ blocked the publishing connection (a memory or disk alarm): until it unblocks it, a publish
+        would wait for nothing. aiormq's `ready()` waits for exactly that."""
+        transport = self._publisher.transport if self._publisher is not None else None
+        if transport is None:
+            return False
+        try:
+            await asyncio.wait_for(transport.connection.ready(), BLOCKED_PROBE_S)
+        except TimeoutError:
+            return True
+        return False
 
     async def publish(self, dispatch: Dispatch) -> None:
         """Publish the job as one message per part (`blipq.contract.parts`), all at once; returns once the broker
@@ -166,6 +203,8 @@ class RabbitBroker:
         job (the caller discards it) and are dropped."""
         if self._exchange is None or not self.connected:
             raise QueueUnavailable("RabbitMQ is not connected; retry shortly")
+        if await self._refusing_publishes():
+            raise QueueUnavailable(ALARM)
         parts = split(
             dispatch.images,
             dispatch.options,
@@ -196,6 +235,11 @@ class RabbitBroker:
             confirmation = await exchange.publish(message, ROUTING_KEY, mandatory=True, timeout=PUBLISH_TIMEOUT_S)
         except aio_pika.exceptions.DeliveryError as exc:
             raise _refused(exc.frame) from None
+        except TimeoutError:
+            raise QueueUnavailable(
+                f"RabbitMQ did not confirm the job within {PUBLISH_TIMEOUT_S:g} s (overloaded, or a memory or disk "
+                "alarm); retry shortly"
+            ) from None
         except _BROKER_ERRORS as exc:
             raise QueueUnavailable(f"RabbitMQ did not take the job: {type(exc).__name__}: {exc}") from None
         if not isinstance(confirmation, commands.Basic.Ack):
@@ -214,6 +258,8 @@ class RabbitBroker:
                     await channel.close()
         except (*_BROKER_ERRORS, RuntimeError) as exc:  # RuntimeError: the connection dropped just now
             raise QueueUnavailable(f"RabbitMQ does not answer: {type(exc).__name__}: {exc}") from None
+        if await self._refusing_publishes():
+            raise QueueUnavailable(ALARM)
         declared = queue.declaration_result
         if not declared.consumer_count:
             raise ModelUnavailable(f"no worker consumes {REQUEST_QUEUE}; start one with `blipq worker --broker ...`")
@@ -224,9 +270,10 @@ class RabbitBroker:
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connecting
-        if self._connection is not None:
-            with contextlib.suppress(*_BROKER_ERRORS):
-                await self._connection.close()
+        for connection in (self._publisher, self._connection):
+            if connection is not None:
+                with contextlib.suppress(*_BROKER_ERRORS):
+                    await connection.close()
 
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         """Acknowledged once the outcome is stored: one the store could not record comes back later."""

@@ -1,7 +1,7 @@
 """`blipq serve --broker` and `blipq worker` as real processes on a real RabbitMQ, under failures: a worker
 killed while holding messages, the broker stopped and started again, the gateway killed and restarted, a
 request that kills every worker taking it (answered worker_lost after the delivery limit), a worker told to stop
-(SIGTERM) with requests in hand."""
+(SIGTERM) with requests in hand, a job over the broker's message size, a memory alarm."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import contextlib
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,42 @@ def test_a_job_over_the_brokers_message_size_travels_in_parts_and_an_image_over_
         assert_captioned(gateway, [job_id], [several], engine)
         listed = httpx.get(f"{gateway.url}/v1/jobs", timeout=10).json()["jobs"]
         assert [job["id"] for job in listed] == [job_id]  # the refused job left nothing behind
+    finally:
+        gateway.stop()
+        worker.stop()
+        node.stop()
+
+
+def test_in_a_memory_alarm_jobs_get_503_readyz_says_why_at_once_and_all_resumes_after(
+    tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
+) -> None:
+    """RabbitMQ stops reading from connections that publish while an alarm lasts. The gateway publishes on a
+    connection of its own: its first job in the alarm gets 503 at the publish timeout, the next ones at once, and
+    /readyz (on the connection that only consumes) answers at once and names the alarm."""
+    node = RabbitNode(tmp_path / "node").start()
+    worker = WorkerProcess(tiny_checkpoint, node.url(), tmp_path / "worker.log").start()
+    gateway = Server(tiny_checkpoint, tmp_path, "--broker", node.url()).start()
+    body = {"images": [{"b64": base64.b64encode(pictures(1)[0]).decode()}]}
+    try:
+        before = submit_job(gateway, pictures(1))
+        wait_until(lambda: statuses(gateway, [before]) == ["succeeded"])
+        node.ctl("set_vm_memory_high_watermark", "0.00001")
+        first = httpx.post(f"{gateway.url}/v1/jobs", json=body, timeout=30)
+        assert first.status_code == 503, first.text
+        assert "memory or disk alarm" in first.json()["error"]["message"]
+        started = time.monotonic()
+        second = httpx.post(f"{gateway.url}/v1/jobs", json=body, timeout=30)
+        ready = httpx.get(f"{gateway.url}/readyz", timeout=30)
+        assert time.monotonic() - started < 3  # both known at once, not after a publish timeout
+        assert second.status_code == ready.status_code == 503
+        assert "a memory or disk alarm on the broker" in ready.json()["error"]["message"]
+        assert [job["id"] for job in httpx.get(f"{gateway.url}/v1/jobs", timeout=10).json()["jobs"]] == [before]
+        node.ctl("set_vm_memory_high_watermark", "0.4")
+        wait_until(lambda: httpx.get(f"{gateway.url}/readyz", timeout=10).status_code == 200, timeout_s=30)
+        images = pictures(3)
+        after = submit_job(gateway, images)
+        wait_until(lambda: statuses(gateway, [after]) == ["succeeded"])
+        assert_captioned(gateway, [after], [images], engine)
     finally:
         gateway.stop()
         worker.stop()
