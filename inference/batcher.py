@@ -12,7 +12,8 @@ Three kinds of threads cooperate:
 - the feeder hands waiting images to the decode pool while the window has room, oldest job first, and
   calls `on_start` for a job as its first image goes (so a job is started before the model sees it);
 - the decode pool, which fetches URL inputs (within the fetch deadline, and at most half of the threads
-  on one host at a time) and decodes; it also records images that fail (they never reach the model);
+  on one host at a time) and decodes, within a memory budget (`blipq.inference.decode_budget`); it also
+  records images that fail (they never reach the model);
 - the model loop, which captions batches. Whichever thread records a job's last result calls `on_done`.
 One bad image fails only itself: `CaptionEngine.generate_each` splits a batch the model fails on
 until the failing image is isolated (this is also how a CUDA out-of-memory error is absorbed; the running
@@ -39,6 +40,7 @@ from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
 from blipq.inference.captioning import caption_ready
 from blipq.inference.continuous import RunningSearches
+from blipq.inference.decode_budget import DecodeBudget, decode_cost
 from blipq.inference.engine import CaptionEngine
 from blipq.inference.fetch import FetchPolicy, fetch_url
 from blipq.inference.metrics import InferenceMetrics
@@ -67,6 +69,7 @@ class BatcherConfig:
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     policy: ImagePolicy = field(default_factory=ImagePolicy)
     fast_decode: bool = False  # large JPEGs decoded at a reduced scale (decode_image's reduce_to)
+    decode_memory_bytes: int = 2 * 1024 * 1024 * 1024  # what decodes in progress may hold (`DecodeBudget`)
 
     @property
     def prefetch(self) -> int:
@@ -88,6 +91,7 @@ class BatcherConfig:
             # URL downloads are already capped by max_fetch_bytes, and the gateway checked uploaded bytes.
             policy=ImagePolicy.of(settings, limit_bytes=False),
             fast_decode=settings.fast_decode,
+            decode_memory_bytes=settings.decode_memory_bytes,
         )
 
 
@@ -143,6 +147,7 @@ class Batcher:
         self._fed_all = False  # the feeder is done (stopping, nothing started is left to hand over)
         self._handed_back: list[WorkItem] = []
         self._pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="blipq-decode")
+        self.decode_budget = DecodeBudget(config.decode_memory_bytes)
         self._feeder = threading.Thread(target=self._feed, name="blipq-feeder", daemon=True)
         self._model_loop = threading.Thread(target=self._run_model, name="blipq-model", daemon=True)
 
@@ -269,7 +274,8 @@ class Batcher:
                 with self._changed:
                     self._fetching[slot.host] -= 1
                     self._changed.notify_all()
-        return self.engine.prepare_file(data, self.config.policy, fast_decode=self.config.fast_decode)
+        with self.decode_budget.hold(decode_cost(data, self.config.policy)):
+            return self.engine.prepare_file(data, self.config.policy, fast_decode=self.config.fast_decode)
 
     # -- model loop ----------------------------------------------------------------------------
 

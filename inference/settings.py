@@ -62,6 +62,12 @@ class InferenceSettings(SharedSettings):
         description="`blipq worker`: the request bytes it may hold at once; its prefetch is at most this divided "
         "by max_message_bytes messages (and at most twice max_batch).",
     )
+    decode_memory_bytes: int = Field(
+        2 * 1024 * 1024 * 1024,
+        ge=64 * 1024 * 1024,
+        description="Memory the images being decoded may take at once (estimated from each one's header); a "
+        "decode waits while it is spent, and an image larger than all of it decodes alone.",
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="`blipq worker`: Prometheus metrics port; 0 = off.")
     fetch_timeout_s: float = Field(20.0, gt=0, description="Total time allowed to fetch one URL.")
     max_fetch_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest URL response accepted.")

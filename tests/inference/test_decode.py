@@ -6,7 +6,7 @@ from PIL import Image
 
 from blipq.contract.errors import InputTooLarge, InvalidImage
 from blipq.contract.images import ImagePolicy, sniff_format
-from blipq.inference.decode import decode_image
+from blipq.inference.decode import decode_image, to_rgb
 from tests.helpers import drawing, encode, grey16, noise, png_declaring
 
 
@@ -52,6 +52,16 @@ def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
     assert 100 < pixels.mean() < 155  # uniform noise over the full range averages mid-grey
     assert pixels.min() < 20
     assert pixels.max() > 235
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA"])
+def test_a_large_transparent_picture_composited_in_blocks_equals_one_whole_composite(mode: str) -> None:
+    """Over several blocks of rows (1500 x 1600 pixels), every pixel is what one whole-image composite gives."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (1600, 1500, 4), dtype=np.uint8)
+    picture = Image.fromarray(pixels, mode="RGBA").convert(mode)
+    expected = Image.alpha_composite(Image.new("RGBA", picture.size, (255,) * 4), picture.convert("RGBA"))
+    assert to_rgb(picture).tobytes() == expected.convert("RGB").tobytes()
 
 
 def test_transparency_is_composited_on_white() -> None:
