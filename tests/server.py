@@ -44,8 +44,11 @@ class Server:
         data_dir: Path,
         *extra: str,
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
+        """`cwd`: where the server runs (`python -m blipq` imports blipq from there first)."""
         self.port = free_port()
+        self.cwd = cwd
         self.env = {**os.environ, **(env or {})}
         self.url = f"http://127.0.0.1:{self.port}"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +64,9 @@ class Server:
     def start(self, *, ready: bool = True, timeout_s: float = 120) -> Server:
         log = self.log_path.open("ab")
         # Its own session, so the whole tree can be killed at once.
-        self.process = subprocess.Popen(self.command, stdout=log, stderr=log, env=self.env, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command, stdout=log, stderr=log, env=self.env, cwd=self.cwd, start_new_session=True
+        )
         path = "/readyz" if ready else "/healthz"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
