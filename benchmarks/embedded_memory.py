@@ -1,9 +1,10 @@
 """How much memory `blipq serve` (embedded mode) takes while a backlog of big images waits.
 
 Starts a real `blipq serve` with the tiny model, batches of one and captions of at least 500 tokens with 16
-beams, so that the model is slower than the clients and a backlog forms. Posts `--jobs` jobs of one incompressible PNG each as
-fast as the server takes them, and reads the server's resident memory (VmRSS, and the peak VmHWM) from /proc:
-when idle, once every job is accepted, and at the peak until every job is finished.
+beams, so that the model is slower than the clients and a backlog forms. Posts `--jobs` jobs of one
+incompressible PNG each as fast as the server takes them, and reads the server's resident memory (VmRSS,
+and the peak VmHWM) from /proc: when idle, once every job is accepted, and at the peak until every job is
+finished.
 
 `--before DIR` runs the same against another checkout (a `git worktree` of an earlier commit) in the same
 run, so the two rows compare on one machine:
