@@ -1,10 +1,11 @@
 """A bound on the memory that decoding holds at once, across the decode threads.
 
-One image may be up to max_image_pixels (64 MP by default), and decoding one costs a few times its 8-bit RGB
-size (measured on 6000 x 6000 pictures: 1.4x for JPEG, PNG and TIFF, 2.6x for CMYK JPEG, 2.8x for RGBA PNG,
-5.3x for WebP, whose Pillow decoder keeps buffers of its own). Sixteen decode threads on sixteen such images
-would want gigabytes. So each decode first takes its estimate from a budget, in arrival order, and waits
-while the budget is spent; an image larger than the whole budget decodes alone.
+One image may be up to max_image_pixels (64 MP by default), and preparing one costs up to a few times its
+8-bit RGB size (`python -m benchmarks.decode_memory`, on 6000 x 6000 pictures: 1.4x for JPEG, PNG and TIFF,
+2.8x for RGBA PNG, 4x for WebP, whose Pillow decoder keeps buffers of its own; up to 5.3x in a process
+not warmed up). Sixteen decode threads on sixteen such images would want gigabytes. So each decode first
+takes its estimate from a budget, in arrival order, and waits while the budget is spent; an image larger
+than the whole budget decodes alone.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from blipq.contract.errors import BlipqError
 from blipq.contract.images import ImagePolicy, open_image
 
-#: Decoding cost per pixel, in bytes (the 8-bit RGB output is 3), by format: the measurements above, rounded up.
+#: Decoding cost per pixel, in bytes (the 8-bit RGB output is 3), by format: the worst measurements, rounded up.
 COST_PER_PIXEL = {"WEBP": 17, "JPEG": 8}
 DEFAULT_COST_PER_PIXEL = 9
 
