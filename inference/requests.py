@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 
 #: Why RabbitMQ dead-lettered a request (`x-death` reason) -> the error code of its reply.
 DEAD_LETTER_CODES = {
-    "rejected": ("invalid_request", "the request could not be read (not JSON, wrong schema, or no reply_to)"),
+    "rejected": (
+        "invalid_request",
+        "the request could not be read (not JSON, wrong schema, over the size limits, or no reply_to)",
+    ),
     "expired": ("expired", "the request expired (its message TTL) before a worker took it"),
     "delivery_limit": (
         "worker_lost",
