@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 10.0
 BLOCKED_PROBE_S = 0.05  # how long a publish looks whether RabbitMQ blocks publishing (a memory or disk alarm)
+BLOCKED_POLL_S = 0.2  # how often a publish waiting for its confirm looks again
 ALARM = "RabbitMQ refuses new messages now (a memory or disk alarm on the broker); retry shortly"
 STORE_RETRY_S = 1.0
 FIRST_ATTEMPT_S = 15.0  # how long start-up waits for the first connection's verdict
@@ -232,7 +233,7 @@ class RabbitBroker:
             headers={PART_HEADER: _field_table(part.header)},
         )
         try:
-            confirmation = await exchange.publish(message, ROUTING_KEY, mandatory=True, timeout=PUBLISH_TIMEOUT_S)
+            confirmation = await self._confirmed(exchange.publish(message, ROUTING_KEY, mandatory=True))
         except aio_pika.exceptions.DeliveryError as exc:
             raise _refused(exc.frame) from None
         except TimeoutError:
@@ -244,6 +245,24 @@ class RabbitBroker:
             raise QueueUnavailable(f"RabbitMQ did not take the job: {type(exc).__name__}: {exc}") from None
         if not isinstance(confirmation, commands.Basic.Ack):
             raise _refused(confirmation)
+
+    async def _confirmed(self, publish: Awaitable[object]) -> object:
+        """The broker's answer to a publish, within PUBLISH_TIMEOUT_S (TimeoutError). RabbitMQ blocks a connection
+        the moment it publishes during a memory or disk alarm: then QueueUnavailable at once, not at the timeout
+        (the message may still reach the queue when the alarm clears; its reply finds no job and is dropped)."""
+        publishing = asyncio.ensure_future(publish)
+        deadline = asyncio.get_running_loop().time() + PUBLISH_TIMEOUT_S
+        try:
+            while not publishing.done():
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise TimeoutError
+                await asyncio.wait({publishing}, timeout=min(left, BLOCKED_POLL_S))
+                if not publishing.done() and await self._refusing_publishes():
+                    raise QueueUnavailable(ALARM)
+            return publishing.result()
+        finally:
+            publishing.cancel()
 
     async def readiness(self) -> dict[str, object]:
         """Connected, and at least one worker consumes the request queue (a passive declare tells)."""

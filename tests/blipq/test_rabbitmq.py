@@ -271,8 +271,9 @@ def test_in_a_memory_alarm_jobs_get_503_readyz_says_why_at_once_and_all_resumes_
     tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
 ) -> None:
     """RabbitMQ stops reading from connections that publish while an alarm lasts. The gateway publishes on a
-    connection of its own: its first job in the alarm gets 503 at the publish timeout, the next ones at once, and
-    /readyz (on the connection that only consumes) answers at once and names the alarm."""
+    connection of its own: a job in the alarm gets 503 at once (the first, as soon as RabbitMQ blocks the
+    connection it published on), and /readyz (on the connection that only consumes) answers at once and names
+    the alarm."""
     node = RabbitNode(tmp_path / "node").start()
     worker = WorkerProcess(tiny_checkpoint, node.url(), tmp_path / "worker.log").start()
     gateway = Server(tiny_checkpoint, tmp_path, "--broker", node.url()).start()
@@ -281,13 +282,13 @@ def test_in_a_memory_alarm_jobs_get_503_readyz_says_why_at_once_and_all_resumes_
         before = submit_job(gateway, pictures(1))
         wait_until(lambda: statuses(gateway, [before]) == ["succeeded"])
         node.ctl("set_vm_memory_high_watermark", "0.00001")
+        started = time.monotonic()
         first = httpx.post(f"{gateway.url}/v1/jobs", json=body, timeout=30)
         assert first.status_code == 503, first.text
         assert "memory or disk alarm" in first.json()["error"]["message"]
-        started = time.monotonic()
         second = httpx.post(f"{gateway.url}/v1/jobs", json=body, timeout=30)
         ready = httpx.get(f"{gateway.url}/readyz", timeout=30)
-        assert time.monotonic() - started < 3  # both known at once, not after a publish timeout
+        assert time.monotonic() - started < 5  # all known at once, not after the 10 s publish timeout
         assert second.status_code == ready.status_code == 503
         assert "a memory or disk alarm on the broker" in ready.json()["error"]["message"]
         assert [job["id"] for job in httpx.get(f"{gateway.url}/v1/jobs", timeout=10).json()["jobs"]] == [before]
