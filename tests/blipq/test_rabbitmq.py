@@ -9,6 +9,7 @@ import base64
 import contextlib
 import json
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from blipq.inference.engine import CaptionEngine
 from tests.helpers import encode, noise, pictures
 from tests.publisher import OutsidePublisher, request
 from tests.rabbitmq import RabbitNode
-from tests.server import Server, WorkerProcess, get_job, stored_statuses, submit_job, wait_until
+from tests.server import Server, WorkerProcess, get_job, stored_statuses, submit_inputs, submit_job, wait_until
 
 
 def statuses(server: Server, ids: list[str]) -> list[str]:
@@ -268,20 +269,25 @@ def test_a_job_over_the_brokers_message_size_travels_in_parts_and_an_image_over_
 
 
 def test_in_a_memory_alarm_jobs_get_503_readyz_says_why_at_once_and_all_resumes_after(
-    tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine
+    tiny_checkpoint: Path, tmp_path: Path, engine: CaptionEngine, crawling_server: str
 ) -> None:
     """RabbitMQ stops reading from connections that publish while an alarm lasts. The gateway publishes on a
     connection of its own: a job in the alarm gets 503 at once (the first, as soon as RabbitMQ blocks the
     connection it published on), and /readyz (on the connection that only consumes) answers at once and names
-    the alarm."""
+    the alarm. A worker's reply in the alarm waits until it clears, and is recorded then."""
     node = RabbitNode(tmp_path / "node").start()
-    worker = WorkerProcess(tiny_checkpoint, node.url(), tmp_path / "worker.log").start()
+    fetching = {"BLIPQ_FETCH_ALLOW_NETWORKS": "127.0.0.0/8", "BLIPQ_FETCH_TIMEOUT_S": "3"}
+    worker = WorkerProcess(tiny_checkpoint, node.url(), tmp_path / "worker.log", env=fetching).start()
     gateway = Server(tiny_checkpoint, tmp_path, "--broker", node.url()).start()
     body = {"images": [{"b64": base64.b64encode(pictures(1)[0]).decode()}]}
     try:
         before = submit_job(gateway, pictures(1))
         wait_until(lambda: statuses(gateway, [before]) == ["succeeded"])
+        crawling = submit_inputs(gateway, [{"url": f"{crawling_server}/slow.jpg"}])  # fails in 3 s
+        wait_until(lambda: _counts(node.url(), "blipq.caption")[0] == 0)  # the worker holds it
         node.ctl("set_vm_memory_high_watermark", "0.00001")
+        wait_until(lambda: _connection_state(node, "blipq worker") == "blocked", timeout_s=30)  # replying
+        assert statuses(gateway, [crawling]) == ["queued"]
         started = time.monotonic()
         first = httpx.post(f"{gateway.url}/v1/jobs", json=body, timeout=30)
         assert first.status_code == 503, first.text
@@ -291,8 +297,13 @@ def test_in_a_memory_alarm_jobs_get_503_readyz_says_why_at_once_and_all_resumes_
         assert time.monotonic() - started < 5  # all known at once, not after the 10 s publish timeout
         assert second.status_code == ready.status_code == 503
         assert "a memory or disk alarm on the broker" in ready.json()["error"]["message"]
-        assert [job["id"] for job in httpx.get(f"{gateway.url}/v1/jobs", timeout=10).json()["jobs"]] == [before]
+        assert [job["id"] for job in httpx.get(f"{gateway.url}/v1/jobs", timeout=10).json()["jobs"]] == [
+            before,
+            crawling,
+        ]
         node.ctl("set_vm_memory_high_watermark", "0.4")
+        wait_until(lambda: statuses(gateway, [crawling]) == ["failed"], timeout_s=30)
+        assert get_job(gateway, crawling)["images"][0]["error"]["code"] == "fetch_failed"
         wait_until(lambda: httpx.get(f"{gateway.url}/readyz", timeout=10).status_code == 200, timeout_s=30)
         images = pictures(3)
         after = submit_job(gateway, images)
@@ -302,6 +313,15 @@ def test_in_a_memory_alarm_jobs_get_503_readyz_says_why_at_once_and_all_resumes_
         gateway.stop()
         worker.stop()
         node.stop()
+
+
+def _connection_state(node: RabbitNode, name: str) -> str | None:
+    """The state (running, blocking, blocked...) of the client connection named `name`."""
+    listed = subprocess.run(
+        node.tool("rabbitmqctl", "list_connections", "client_properties", "state", "--silent"),
+        env=node.env, check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    return next((line.rsplit("\t", 1)[1] for line in listed.splitlines() if f'"{name}"' in line), None)
 
 
 def _counts(url: str, queue: str) -> tuple[int, int]:
