@@ -15,6 +15,7 @@ import torch
 
 from blipq.engine_build.synthetic import write_test_checkpoint
 from blipq.inference.engine import CaptionEngine, quiet_transformers
+from tests.postgres import fresh_database
 from tests.rabbitmq import TestBroker, open_test_broker
 from tests.wheels import build_wheel
 
@@ -100,6 +101,13 @@ def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBroker]:
     broker, stop = open_test_broker(tmp_path_factory.mktemp("rabbitmq"))
     yield broker
     stop()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test (tests/postgres.py), dropped after."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture
