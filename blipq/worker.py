@@ -8,10 +8,8 @@ import threading
 
 from prometheus_client import start_http_server
 
-from blipq.contract.images import ImagePolicy
 from blipq.engine_build.checkpoint import resolve_checkpoint
 from blipq.inference.amqp_worker import AmqpWorker
-from blipq.inference.batcher import BatcherConfig
 from blipq.inference.engine import CaptionEngine, quiet_transformers
 from blipq.inference.metrics import InferenceMetrics
 from blipq.inference.settings import InferenceSettings
@@ -29,12 +27,7 @@ def run_worker(settings: InferenceSettings) -> None:
     metrics = InferenceMetrics()
     if settings.metrics_port:
         start_http_server(settings.metrics_port, registry=metrics.registry)
-    worker = AmqpWorker(
-        settings.broker_url, engine, BatcherConfig.of(settings), model_name=settings.model,
-        max_messages=settings.max_queued_messages, max_images=settings.max_images_per_job,
-        request_policy=ImagePolicy.of(settings), metrics=metrics,
-        max_message_bytes=settings.max_message_bytes, max_held_bytes=settings.max_held_bytes,
-    )  # fmt: skip
+    worker = AmqpWorker.of(settings, engine, metrics)
     # The handler only records the signal: setting an Event from a handler can deadlock on the Event's
     # own lock, so the main thread sets it while the worker runs in another thread.
     signals: list[int] = []

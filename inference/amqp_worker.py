@@ -48,7 +48,7 @@ from blipq.inference.engine import CaptionEngine
 from blipq.inference.metrics import InferenceMetrics
 from blipq.inference.prefetch import PrefetchTuner
 from blipq.inference.requests import ParsedRequest, dead_letter_error, parse_request
-from blipq.inference.settings import DEFAULT_MAX_HELD_BYTES
+from blipq.inference.settings import DEFAULT_MAX_HELD_BYTES, InferenceSettings
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,17 @@ class AmqpWorker:
         self._request_consumer: str | None = None
         self._prefetch_now = 0
         self.connected = threading.Event()
+
+    @classmethod
+    def of(cls, settings: InferenceSettings, engine: CaptionEngine, metrics: InferenceMetrics) -> AmqpWorker:
+        """The worker `blipq worker` runs, from its settings."""
+        assert settings.broker_url is not None
+        return cls(
+            settings.broker_url, engine, BatcherConfig.of(settings), model_name=settings.model,
+            max_messages=settings.max_queued_messages, max_images=settings.max_images_per_job,
+            request_policy=ImagePolicy.of(settings), metrics=metrics,
+            max_message_bytes=settings.max_message_bytes, max_held_bytes=settings.max_held_bytes,
+        )  # fmt: skip
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, then finish and answer every request already received, and return."""

@@ -24,7 +24,9 @@ from blipq.inference.batcher import BatcherConfig
 from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
 from blipq.inference.fetch import FetchPolicy
+from blipq.inference.metrics import InferenceMetrics
 from blipq.inference.requests import dead_letter_error
+from blipq.inference.settings import InferenceSettings
 from tests.conftest import CrawlingHandler
 from tests.helpers import pictures
 from tests.publisher import OutsidePublisher, request
@@ -411,3 +413,15 @@ def test_big_messages_make_the_worker_hold_fewer_of_them(
             }
         finally:
             client.close()
+
+
+def test_blipq_worker_takes_its_limits_from_its_settings(engine: CaptionEngine) -> None:
+    settings = InferenceSettings(
+        broker_url="amqp://guest:guest@127.0.0.1:1/", max_batch=8, max_images_per_job=7,
+        max_message_bytes=1_000_000, max_held_bytes=3_000_000,
+    )  # fmt: skip
+    worker = AmqpWorker.of(settings, engine, InferenceMetrics())
+    assert (worker.prefetch.cap, worker.prefetch.wanted, worker.max_images) == (3, 3, 7)
+    assert worker.max_message_bytes == 1_000_000
+    roomy = AmqpWorker.of(settings.model_copy(update={"max_held_bytes": 10**9}), engine, InferenceMetrics())
+    assert roomy.prefetch.wanted == 16  # two batches of one-image messages
