@@ -19,6 +19,7 @@ class OutsidePublisher:
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()
         self.reply_queue = self.channel.queue_declare("", exclusive=True).method.queue
+        self.reply_headers: dict[str, dict[str, Any] | None] = {}  # by correlation_id, as the replies came
 
     def publish(self, body: bytes, correlation_id: str, **properties: Any) -> None:
         self.channel.basic_publish(
@@ -41,6 +42,7 @@ class OutsidePublisher:
         for _method, properties, body in self.channel.consume(self.reply_queue, inactivity_timeout=timeout_s):
             assert body is not None, f"timed out with {len(found)} of {count} replies"
             found[properties.correlation_id] = _reply(properties, body)
+            self.reply_headers[properties.correlation_id] = properties.headers
             if len(found) == count:
                 break
         self.channel.cancel()

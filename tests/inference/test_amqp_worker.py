@@ -425,3 +425,11 @@ def test_blipq_worker_takes_its_limits_from_its_settings(engine: CaptionEngine) 
     assert worker.max_message_bytes == 1_000_000
     roomy = AmqpWorker.of(settings.model_copy(update={"max_held_bytes": 10**9}), engine, InferenceMetrics())
     assert roomy.prefetch.wanted == 16  # two batches of one-image messages
+
+
+def test_a_requests_part_header_comes_back_unchanged_on_its_reply(publisher: OutsidePublisher) -> None:
+    """A publisher that splits its own requests names each part as it likes; the reply carries the name back."""
+    publisher.publish(request(pictures(1)), "mine", headers={"blipq-part": "photos 3 of 7"})
+    publisher.publish(request(pictures(1)), "plain")
+    assert set(publisher.replies(2)) == {"mine", "plain"}
+    assert publisher.reply_headers == {"mine": {"blipq-part": "photos 3 of 7"}, "plain": None}
