@@ -107,8 +107,8 @@ class Admission:
                 job_id = self._deferred[0]
             try:
                 dispatch = self._load(job_id)  # off the lock: a read from the store
-            except BlipqError as exc:
-                log.warning("deferred job %s not read back (%s); retrying", job_id, exc.message)
+            except Exception as exc:  # this thread must outlive a bad read, or no deferred job would ever run
+                log.warning("deferred job %s not read back (%s); retrying", job_id, exc, exc_info=True)
                 with self._changed:
                     self._changed.wait(RETRY_S)
                 continue

@@ -2,7 +2,7 @@
 
 Brokers are built for messages of kilobytes to a few MiB: a 256-image job of 20 MiB images would be one
 5 GiB message that a worker holds whole, and runs for longer than RabbitMQ's consumer_timeout allows. The
-gateway therefore splits a job into parts of at most `max_bytes` (framed) and `max_images` each. Every part
+gateway therefore splits a job into parts of at most `part_bytes` (framed) and `part_images` each. Every part
 carries the job's correlation_id and a `blipq-part` header naming the job's images it carries; a worker puts
 that header, unchanged, on the part's reply, so the gateway records each part's results against the right
 images, and the job is finished once every image has its outcome.
@@ -25,7 +25,7 @@ PART_HEADER = "blipq-part"
 #: The work of one image at the default options (beams x tokens). `part_images` is the part size at that work;
 #: heavier options put fewer images in a part (at least one), so that a part's work stays bounded against the
 #: broker's consumer_timeout, which RabbitMQ applies per message.
-DEFAULT_IMAGE_WORK = 3 * 20
+DEFAULT_IMAGE_WORK = CaptionOptions().num_beams * CaptionOptions().max_length
 
 
 class PartHeader(BaseModel):
