@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from typing import cast
 
 import numpy as np
@@ -11,9 +12,10 @@ from PIL import Image, ImageCms, ImageOps
 from blipq.contract.errors import InputTooLarge, InvalidImage
 from blipq.contract.images import ImagePolicy, open_image
 
-#: Rows of a wide greyscale image scaled to 8 bits at a time: a float64 block stays a few megabytes
-#: whatever the image's size.
-_SCALE_PIXELS_PER_BLOCK = 1 << 20
+#: Pixels converted at a time where a whole-image conversion would copy a large picture several times over
+#: (wide greyscale scaled to 8 bits through float64, transparency composited on white): a block stays a few
+#: megabytes whatever the image's size.
+_PIXELS_PER_BLOCK = 1 << 20
 
 
 def decode_image(
@@ -73,11 +75,8 @@ def _on_white(image: Image.Image) -> Image.Image:
     the decoded one, not three more full-size RGBA copies (measured on a 6000 x 6000 RGBA PNG: a peak of 6.6x
     its RGB size with one whole-image composite, 2.8x now). Each pixel is computed as a whole-image composite
     would."""
-    width, height = image.size
     rgb = Image.new("RGB", image.size)
-    rows = max(1, _SCALE_PIXELS_PER_BLOCK // width)
-    for top_row in range(0, height, rows):
-        box = (0, top_row, width, min(height, top_row + rows))
+    for box in _blocks_of_rows(image):
         strip = image.crop(box).convert("RGBA")
         background = Image.new("RGBA", strip.size, (255, 255, 255, 255))
         rgb.paste(Image.alpha_composite(background, strip).convert("RGB"), box[:2])
@@ -96,11 +95,18 @@ def _scale_wide_grey(image: Image.Image) -> Image.Image:
         low, scale = 0.0, 255.0 / top
     width, height = image.size
     grey = np.empty((height, width), dtype=np.uint8)
-    rows = max(1, _SCALE_PIXELS_PER_BLOCK // width)
-    for top_row in range(0, height, rows):
-        block = np.asarray(image.crop((0, top_row, width, min(height, top_row + rows))), dtype=np.float64)
-        grey[top_row : top_row + rows] = np.clip((block - low) * scale, 0, 255).astype(np.uint8)
+    for box in _blocks_of_rows(image):
+        block = np.asarray(image.crop(box), dtype=np.float64)
+        grey[box[1] : box[3]] = np.clip((block - low) * scale, 0, 255).astype(np.uint8)
     return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def _blocks_of_rows(image: Image.Image) -> Iterator[tuple[int, int, int, int]]:
+    """The crop boxes of whole rows, top to bottom, about _PIXELS_PER_BLOCK pixels each (at least one row)."""
+    width, height = image.size
+    rows = max(1, _PIXELS_PER_BLOCK // width)
+    for top_row in range(0, height, rows):
+        yield (0, top_row, width, min(height, top_row + rows))
 
 
 def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
