@@ -7,9 +7,12 @@ images; the rest waits in the store (`blipq.admission`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from collections.abc import Coroutine
 from concurrent.futures import Future
+from typing import TypeVar
 
 import anyio.to_thread
 
@@ -19,7 +22,7 @@ from blipq.contract.messages import ImageResult
 from blipq.engine_build.checkpoint import resolve_checkpoint
 from blipq.gateway.broker import Dispatch, JobFinished, JobStarted, OutcomeHandler
 from blipq.gateway.settings import GatewaySettings
-from blipq.gateway.store import JobStore, StoredRequest, open_store
+from blipq.gateway.store import Store, StoredRequest, open_store
 from blipq.inference.batcher import Batcher, BatcherConfig, WorkItem
 from blipq.inference.engine import CaptionEngine, quiet_transformers
 from blipq.inference.metrics import InferenceMetrics
@@ -27,6 +30,8 @@ from blipq.inference.settings import InferenceSettings
 from blipq.serving import serve_app, show_progress_logs
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 STORE_RETRY_S = 1.0  # the pause before an outcome the store refused is offered again
 
@@ -43,7 +48,7 @@ class InProcessBroker:
         self,
         engine: CaptionEngine,
         config: BatcherConfig,
-        store: JobStore,
+        store: Store,
         *,
         model: str,
         metrics: InferenceMetrics,
@@ -57,15 +62,16 @@ class InProcessBroker:
         self.batcher = Batcher(engine, config, on_start=self.started, on_done=self.done, metrics=metrics)
         self.admission = Admission(
             self.run,
-            lambda job_id: as_dispatch(store.request(job_id)),
+            lambda job_id: as_dispatch(self._on_loop(store.request(job_id)).result()),
             max_images=max_held_images or HELD_IMAGES_PER_PREFETCH * config.prefetch,
             max_bytes=max_held_bytes,
         )
         self._on_outcome: OutcomeHandler | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
 
-    async def start(self, on_outcome: OutcomeHandler) -> None:
-        self._on_outcome = on_outcome
+    async def start(self, on_outcome: OutcomeHandler, *, shared_store: str | None = None) -> None:
+        self._on_outcome, self._loop = on_outcome, asyncio.get_running_loop()
         self.batcher.start()
         self.admission.start()
 
@@ -111,7 +117,13 @@ class InProcessBroker:
 
     def _deliver(self, outcome: JobStarted | JobFinished) -> Future[None]:
         assert self._on_outcome is not None, "outcomes arrive only after start"
-        return self._on_outcome(outcome)
+        return self._on_loop(self._on_outcome(outcome))
+
+    def _on_loop(self, work: Coroutine[object, object, T]) -> Future[T]:
+        """Store work from the model's and the admission's threads runs on the app's event loop, in the order
+        handed over (an attempt is stored before the job's outcome)."""
+        assert self._loop is not None, "the store is used only after start"
+        return asyncio.run_coroutine_threadsafe(work, self._loop)
 
 
 def as_dispatch(request: StoredRequest | None) -> Dispatch | None:
@@ -131,7 +143,7 @@ def run_embedded(gateway: GatewaySettings, inference: InferenceSettings) -> None
         checkpoint = resolve_checkpoint(inference.model, inference.checkpoints_dir)
         engine = CaptionEngine.configured(checkpoint, inference)
     except BaseException:
-        store.close()
+        asyncio.run(store.close())
         raise
     log.info("model %s loaded on %s", checkpoint, engine.device)
     metrics = InferenceMetrics()

@@ -12,7 +12,7 @@ from blipq.gateway.app import create_app
 from blipq.gateway.broker import Broker
 from blipq.gateway.rabbit import MessageSizes, RabbitBroker
 from blipq.gateway.settings import GatewaySettings
-from blipq.gateway.store import JobStore, open_store
+from blipq.gateway.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -22,21 +22,18 @@ def show_progress_logs() -> None:
 
 
 def serve_app(
-    settings: GatewaySettings, store: JobStore, broker: Broker, more_metrics: Sequence[CollectorRegistry] = ()
+    settings: GatewaySettings, store: Store, broker: Broker, more_metrics: Sequence[CollectorRegistry] = ()
 ) -> None:
-    """Serve until SIGTERM; then answer the requests in flight and stop the broker. Closes the store."""
-    try:
-        app = create_app(settings, store, broker, more_metrics=more_metrics)
-        log.info("serving on %s:%d", settings.host, settings.port)
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level="info",
-            timeout_graceful_shutdown=settings.graceful_shutdown_s,
-        )
-    finally:
-        store.close()
+    """Serve until SIGTERM; then answer the requests in flight, stop the broker and close the store."""
+    app = create_app(settings, store, broker, more_metrics=more_metrics)
+    log.info("serving on %s:%d", settings.host, settings.port)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
+    )
 
 
 def run_gateway(settings: GatewaySettings) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -23,29 +22,30 @@ from blipq.gateway.metrics import GatewayMetrics
 from blipq.gateway.routes import health, page, seed, v1
 from blipq.gateway.service import Service
 from blipq.gateway.settings import GatewaySettings
-from blipq.gateway.store import JobStore
+from blipq.gateway.store import Store
 
 log = logging.getLogger(__name__)
 
-#: Threads for the store's reads and the routes that still run on threads (reading jobs, cancelling); blocking
-#: requests wait on the event loop and hold no thread.
+#: Threads for the SQLite store's reads and the routes that run on threads (decoding uploads); blocking requests
+#: wait on the event loop and hold no thread.
 MAX_WORKER_THREADS = 1024
 
 
 def create_app(
     settings: GatewaySettings,
-    store: JobStore,
+    store: Store,
     broker: Broker,
     *,
     more_metrics: Sequence[CollectorRegistry] = (),
 ) -> FastAPI:
-    """The broker is started with the app and stopped after the server stopped accepting and the requests
-    in flight were answered. `more_metrics` are served by /metrics too (the embedded inference side's)."""
+    """The store and the broker are started with the app; the broker is stopped after the server stopped
+    accepting and the requests in flight were answered, then the store is closed. `more_metrics` are served by
+    /metrics too (the embedded inference side's)."""
     service = Service(
         store=store,
         broker=broker,
         settings=settings,
-        metrics=GatewayMetrics(store.pending_images),
+        metrics=GatewayMetrics(),
         keys=ApiKeys.from_settings(settings),
         rate_limiter=RateLimiter(settings.rate_limit) if settings.rate_limit else None,
     )
@@ -61,22 +61,25 @@ def create_app(
             running -= 1
             return
         anyio.to_thread.current_default_thread_limiter().total_tokens = MAX_WORKER_THREADS
-        await broker.start(service.record)
+        await store.start(service.finished_elsewhere)
+        try:
+            await broker.start(service.record, shared_store=store.shared_id)
+        except BaseException:
+            await store.close()
+            raise
         # In the background: a replay waits for the jobs it runs alone, and the broker may not be connected yet.
         recovering = asyncio.create_task(
             service.replay_unfinished() if broker.replays_unfinished else service.publish_unconfirmed()
         )
         recovering.add_done_callback(_log_failure)
-        stop = threading.Event()
-        purger = threading.Thread(target=_purge_forever, args=(store, settings, stop), daemon=True)
-        purger.start()
+        purger = asyncio.create_task(_purge_forever(store, settings))
         yield
-        stop.set()
+        purger.cancel()
         recovering.cancel()
         await broker.stop()
-        # The outcomes of the jobs finished while stopping are queued for the store's writer: commit them
-        # now, since uvicorn re-raises the SIGTERM it caught once the app is done, and that ends the process.
-        await anyio.to_thread.run_sync(store.flush)
+        # The outcomes of the jobs finished while stopping are under way: commit them now, since uvicorn
+        # re-raises the SIGTERM it caught once the app is done, and that ends the process.
+        await store.close()
         running -= 1
 
     # The docs pages load Swagger UI and ReDoc from files in the fastapi-offline package, not from a
@@ -109,12 +112,13 @@ def _log_failure(recovering: asyncio.Task[None]) -> None:
         log.error("the unfinished jobs were not all dispatched again: %s", error, exc_info=error)
 
 
-def _purge_forever(store: JobStore, settings: GatewaySettings, stop: threading.Event) -> None:
+async def _purge_forever(store: Store, settings: GatewaySettings) -> None:
     """Delete finished jobs past the retention period, checking a few times per period (at most every minute)."""
     interval = min(60.0, settings.retention_s / 4)
-    while not stop.wait(interval):
+    while True:
+        await asyncio.sleep(interval)
         try:
-            purged = store.purge(settings.retention_s)
+            purged = await store.purge(settings.retention_s)
         except BlipqError as exc:
             log.warning("purge failed: %s", exc.message)
             continue

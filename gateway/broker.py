@@ -7,10 +7,9 @@ broker) and RabbitMQ. Outcomes come back through the `OutcomeHandler` the gatewa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
@@ -45,9 +44,9 @@ class JobFinished:
 
 Outcome = JobStarted | JobFinished
 
-#: Called from any thread, possibly more than once per job (at-least-once delivery); returns at once, with a
-#: future done once the outcome is stored (a transport acknowledges its message then, not before).
-OutcomeHandler = Callable[[Outcome], "Future[None]"]
+#: Awaited on the event loop, possibly more than once per job (at-least-once delivery); done once the outcome is
+#: stored (a transport acknowledges its message then, not before), StoreUnavailable when it could not be.
+OutcomeHandler = Callable[[Outcome], Coroutine[Any, Any, None]]
 
 
 class Broker(Protocol):
@@ -55,8 +54,9 @@ class Broker(Protocol):
     #: dispatches its unfinished jobs again when it starts (the embedded mode).
     replays_unfinished: bool
 
-    async def start(self, on_outcome: OutcomeHandler) -> None:
-        """Connect and start delivering outcomes."""
+    async def start(self, on_outcome: OutcomeHandler, *, shared_store: str | None = None) -> None:
+        """Connect and start delivering outcomes. `shared_store`: the id of a store this gateway shares with
+        others (`Store.shared_id`): the outcomes of their jobs may come here too, and this one's to them."""
         ...
 
     async def publish(self, dispatch: Dispatch) -> None:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-from blipq.contract.errors import BlipqError
 
 
 class GatewayMetrics:
-    def __init__(self, pending_images: Callable[[], int]) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.jobs = Counter("blipq_jobs_created", "Jobs accepted.", registry=self.registry)
         self.images = Counter("blipq_images_enqueued", "Images accepted.", registry=self.registry)
@@ -39,12 +34,5 @@ class GatewayMetrics:
             ["code"],
             registry=self.registry,
         )
-        depth = Gauge("blipq_queue_depth", "Images queued or being captioned.", registry=self.registry)
-
-        def current_depth() -> float:
-            try:
-                return float(pending_images())
-            except BlipqError:
-                return math.nan  # the store is unreadable; /readyz says so
-
-        depth.set_function(current_depth)
+        #: Read from the store when /metrics is scraped (NaN while the store is unreadable; /readyz says why).
+        self.queue_depth = Gauge("blipq_queue_depth", "Images queued or being captioned.", registry=self.registry)

@@ -8,7 +8,8 @@ the others find them made.
 
 from __future__ import annotations
 
-from typing import LiteralString, cast
+import uuid
+from typing import Any, LiteralString, cast
 
 import psycopg
 
@@ -19,7 +20,8 @@ VERSION = 1
 #: The advisory lock every gateway takes to prepare the schema (any fixed number; "blipq" in ASCII).
 SCHEMA_LOCK = 0x626C697071
 
-_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS blipq_schema (version INTEGER NOT NULL)"
+#: One row: the schema's version, and the store's id (its gateways' shared reply queue is named after it).
+_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS blipq_schema (version INTEGER NOT NULL, store_id TEXT NOT NULL)"
 
 _TABLES: tuple[LiteralString, ...] = (
     """
@@ -66,12 +68,12 @@ CREATE TABLE job_blobs (
 _STEPS: tuple[tuple[LiteralString, ...], ...] = (_TABLES,)
 
 
-async def prepare_schema(connection: psycopg.AsyncConnection[tuple[object, ...]]) -> int:
-    """Create the tables, or bring an earlier version up to this one, in one transaction; the version now."""
+async def prepare_schema(connection: psycopg.AsyncConnection[Any]) -> str:
+    """Create the tables, or bring an earlier version up to this one, in one transaction; the store's id."""
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
         await connection.execute(_VERSION_TABLE)
-        row = await (await connection.execute("SELECT version FROM blipq_schema")).fetchone()
+        row = await (await connection.execute("SELECT version, store_id FROM blipq_schema")).fetchone()
         version = 0 if row is None else cast(int, row[0])
         if version > VERSION:
             raise StoreUnavailable(
@@ -81,7 +83,11 @@ async def prepare_schema(connection: psycopg.AsyncConnection[tuple[object, ...]]
             for statement in step:
                 await connection.execute(statement)
         if row is None:
-            await connection.execute("INSERT INTO blipq_schema (version) VALUES (%s)", (VERSION,))
-        elif version < VERSION:
+            store_id = uuid.uuid4().hex
+            await connection.execute(
+                "INSERT INTO blipq_schema (version, store_id) VALUES (%s, %s)", (VERSION, store_id)
+            )
+            return store_id
+        if version < VERSION:
             await connection.execute("UPDATE blipq_schema SET version = %s", (VERSION,))
-    return VERSION
+    return cast(str, row[1])

@@ -26,7 +26,6 @@ from pydantic import ValidationError
 from blipq.contract import replies as reply_codec
 from blipq.contract.amqp import (
     EXCHANGE,
-    REPLY_QUEUE_PREFIX,
     REQUEST_QUEUE,
     ROUTING_KEY,
     Backoff,
@@ -92,17 +91,24 @@ class RabbitBroker:
         self.url = url
         self.max_messages = max_messages
         self.sizes = sizes
+        self.gateway_id = gateway_id
         self.replies: QueueSpec = reply_queue(gateway_id)
+        self._shared_replies = False
         self._on_outcome: OutcomeHandler | None = None
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None  # replies, declarations, readiness
         self._publisher: aio_pika.abc.AbstractRobustConnection | None = None  # jobs
         self._exchange: aio_pika.abc.AbstractExchange | None = None
         self._connecting: asyncio.Task[None] | None = None
 
-    async def start(self, on_outcome: OutcomeHandler) -> None:
+    async def start(self, on_outcome: OutcomeHandler, *, shared_store: str | None = None) -> None:
         """Connect in the background: the gateway serves (503 for jobs) until the broker answers. Raises
-        `ReplyQueueTaken` when the first connection finds another gateway consuming this one's reply queue."""
+        `ReplyQueueTaken` when the first connection finds another gateway consuming this one's reply queue.
+
+        Gateways on one shared store consume one reply queue, named after the store: any of them records any
+        reply, so the replies of a gateway gone for good are still recorded (and its waiters elsewhere woken)."""
         self._on_outcome = on_outcome
+        if shared_store is not None:
+            self.replies, self._shared_replies = reply_queue(f"store-{shared_store}"), True
         first_attempt = asyncio.Event()
         self._connecting = asyncio.create_task(self._connect_until_done(first_attempt))
         with contextlib.suppress(TimeoutError):
@@ -149,13 +155,7 @@ class RabbitBroker:
             queues = {spec.name: await self._declare(channel, spec) for spec in shape.queues}
             for binding in shape.bindings:
                 await queues[binding.queue].bind(exchanges[binding.exchange], binding.routing_key)
-            reply_queue = await self._declare(channel, self.replies)
-            if reply_queue.declaration_result.consumer_count:
-                raise ReplyQueueTaken(self.replies.name)
-            await reply_queue.consume(self._on_reply, exclusive=True)
-            # Two gateways that started at the same moment both saw no consumer: now each sees the other.
-            if ((await self._declare(channel, self.replies)).declaration_result.consumer_count or 0) > 1:
-                raise ReplyQueueTaken(self.replies.name)
+            await self._consume_replies(channel)
             jobs = await self._open("jobs")
             publishing = await jobs.channel(publisher_confirms=True)
             exchange = await publishing.get_exchange(EXCHANGE, ensure=False)  # declared above
@@ -167,9 +167,21 @@ class RabbitBroker:
         self._connection, self._publisher, self._exchange = replies, jobs, exchange
         log.info("connected to RabbitMQ; replies come to %s", self.replies.name)
 
+    async def _consume_replies(self, channel: aio_pika.abc.AbstractChannel) -> None:
+        replies = await self._declare(channel, self.replies)
+        if self._shared_replies:
+            await replies.consume(self._on_reply)
+            return
+        if replies.declaration_result.consumer_count:
+            raise ReplyQueueTaken(self.replies.name)
+        await replies.consume(self._on_reply, exclusive=True)
+        # Two gateways that started at the same moment both saw no consumer: now each sees the other.
+        if ((await self._declare(channel, self.replies)).declaration_result.consumer_count or 0) > 1:
+            raise ReplyQueueTaken(self.replies.name)
+
     async def _open(self, purpose: str) -> aio_pika.abc.AbstractRobustConnection:
         """A robust connection, named for RabbitMQ's tools (`rabbitmqctl list_connections client_properties`)."""
-        name = f"blipq gateway {self.replies.name.removeprefix(REPLY_QUEUE_PREFIX)} ({purpose})"
+        name = f"blipq gateway {self.gateway_id} ({purpose})"
         return await aio_pika.connect_robust(
             self.url, reconnect_interval=1, fail_fast=True, client_properties={"connection_name": name}
         )
@@ -305,7 +317,7 @@ class RabbitBroker:
         assert self._on_outcome is not None
         try:
             outcome = JobFinished(reply.correlation_id, reply.results, reply.error, reply.indices)
-            await asyncio.wrap_future(self._on_outcome(outcome))
+            await self._on_outcome(outcome)
         except BlipqError as exc:
             log.warning("reply %s not stored (%s); back to the queue", message.correlation_id, exc.message)
             await asyncio.sleep(STORE_RETRY_S)  # not at once: a full or locked disk takes a while

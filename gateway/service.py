@@ -8,11 +8,8 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-import anyio.to_thread
 
 from blipq.contract.errors import BlipqError, QueueFull, QueueUnavailable, StoreUnavailable, Timeout
 from blipq.contract.images import ImagePolicy
@@ -22,8 +19,7 @@ from blipq.gateway.broker import Broker, Dispatch, JobStarted, Outcome
 from blipq.gateway.jobs import Idempotency, Job, JobStatus
 from blipq.gateway.metrics import GatewayMetrics
 from blipq.gateway.settings import GatewaySettings
-from blipq.gateway.store import JobStore, PendingLimit, StoredRequest, UnfinishedJob, job_not_found
-from blipq.gateway.store_outcomes import Recorded
+from blipq.gateway.store import PendingLimit, Store, StoredRequest, UnfinishedJob, job_not_found
 from blipq.gateway.waiters import Waiters
 
 if TYPE_CHECKING:
@@ -38,7 +34,7 @@ REPUBLISH_RETRY_S = 1.0  # between attempts to publish a job stored but never co
 
 @dataclass
 class Service:
-    store: JobStore
+    store: Store
     broker: Broker
     settings: GatewaySettings
     metrics: GatewayMetrics
@@ -62,22 +58,21 @@ class Service:
         job_id: str | None = None,
     ) -> str:
         """Store a job and hand it to the broker; its id once both hold it (the store's commit and the broker's
-        confirm are awaited, on their own threads and connections, never blocking the event loop).
+        confirm are awaited, never blocking the event loop).
 
         QueueFull (429) while more than max_queue_depth images wait; a job the broker refuses is removed
         from the store again, so a refused request leaves nothing behind.
         """
-        stored = self.store.create(
-            images,
-            options,
-            owner=caller.owner,
-            idempotency=idempotency,
-            keep_images=True,  # until the broker confirmed it (embedded: until it is answered)
-            max_pending=self.settings.max_queue_depth,
-            job_id=job_id,
-        )
         try:
-            stored_id, created = await asyncio.wrap_future(stored)
+            stored_id, created = await self.store.create(
+                images,
+                options,
+                owner=caller.owner,
+                idempotency=idempotency,
+                keep_images=True,  # until the broker confirmed it (embedded: until it is answered)
+                max_pending=self.settings.max_queue_depth,
+                job_id=job_id,
+            )
         except PendingLimit as full:
             self.metrics.refused.inc()
             limit = self.settings.max_queue_depth
@@ -87,7 +82,7 @@ class Service:
                 QUEUE_FULL_RETRY_AFTER_S,
             ) from None
         if not created:  # an Idempotency-Key used again: publish it now if its first publish never got through
-            request = await anyio.to_thread.run_sync(self.store.request, stored_id)
+            request = await self.store.request(stored_id)
             if request is not None and not request.published:
                 await self._publish_stored(request)
             return stored_id
@@ -95,7 +90,7 @@ class Service:
         try:
             await self.broker.publish(Dispatch(stored_id, images, options))
         except BlipqError:
-            await asyncio.wrap_future(self.store.discard(stored_id))
+            await self.store.discard(stored_id)
             raise
         await self._confirmed(stored_id)
         self.metrics.publish_seconds.observe(time.monotonic() - started)
@@ -111,13 +106,10 @@ class Service:
         job_id = uuid.uuid4().hex
         finished = self.waiters.register(job_id)
         started = time.monotonic()
+        timeout_s = self.settings.blocking_timeout_s
         try:
             await self.submit(images, options, caller, job_id=job_id)
-            timeout_s = self.settings.blocking_timeout_s
-            with contextlib.suppress(TimeoutError):
-                # shield: a timeout cancels this wait, never the future other waiters may share
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(finished)), timeout_s)
-            job = await anyio.to_thread.run_sync(self.store.get, job_id)
+            job = await self._wait(job_id, finished, started + timeout_s)
         finally:
             self.waiters.release(job_id)
         self.metrics.waits.observe(time.monotonic() - started)
@@ -125,6 +117,17 @@ class Service:
             self.metrics.timeouts.inc()
             raise JobTimeout(job_id, timeout_s)
         return job
+
+    async def _wait(self, job_id: str, finished: asyncio.Event, deadline: float) -> Job:
+        """The job once finished, or as it is at the deadline (of `time.monotonic`). A wake-up that finds it
+        unfinished (see `Waiters.wake_all`) waits again."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), max(0.0, deadline - time.monotonic()))
+            finished.clear()
+            job = await self.store.get(job_id)
+            if job.status.finished or time.monotonic() >= deadline:
+                return job
 
     async def replay_unfinished(self) -> None:
         """At start-up, for a transport that kept nothing: dispatch every unfinished job again, and fail
@@ -138,13 +141,13 @@ class Service:
         suspects: list[str] = []
         never_started: list[str] = []
         for job in await self._replayable():
-            await anyio.to_thread.run_sync(self.store.requeued, job.job_id)  # shown queued while it waits
+            await self.store.requeued(job.job_id)  # shown queued while it waits
             (suspects if job.attempts else never_started).append(job.job_id)
         for job_id in suspects:
             finished = self.waiters.register(job_id)
             try:
                 if await self._publish_stored(job_id):
-                    await asyncio.wrap_future(finished)
+                    await finished.wait()
             finally:
                 self.waiters.release(job_id)
         for job_id in never_started:
@@ -154,7 +157,7 @@ class Service:
         """The unfinished jobs that can run again; the others are failed `worker_lost` here."""
         limit = self.settings.max_attempts
         replayable = []
-        for job in await anyio.to_thread.run_sync(self.store.unfinished_jobs):
+        for job in await self.store.unfinished_jobs():
             lost = None
             if not job.complete:
                 lost = ErrorInfo(
@@ -165,14 +168,14 @@ class Service:
             if lost is None:
                 replayable.append(job)
             else:
-                await asyncio.wrap_future(self.store.fail(job.job_id, lost))
+                await self.store.fail(job.job_id, lost)
         return replayable
 
     async def publish_unconfirmed(self) -> None:
         """At start-up, for a transport that keeps requests itself (RabbitMQ): publish the jobs stored but never
         confirmed (this gateway stopped between the two), retrying until the broker takes each. A job that did
         reach the queue runs at most twice; the first outcome is kept."""
-        for job in await anyio.to_thread.run_sync(self.store.unfinished_jobs):
+        for job in await self.store.unfinished_jobs():
             if job.published:
                 continue
             while True:
@@ -186,7 +189,7 @@ class Service:
     async def _publish_stored(self, job: str | StoredRequest) -> bool:
         """Publish a stored job (read now, when given by id); False when there is nothing to publish: it is
         finished or cancelled by now, or was accepted without keeping its bytes."""
-        request = await anyio.to_thread.run_sync(self.store.request, job) if isinstance(job, str) else job
+        request = await self.store.request(job) if isinstance(job, str) else job
         if request is None or request.images is None:
             return False
         await self.broker.publish(Dispatch(request.job_id, request.images, request.options, request.indices))
@@ -195,57 +198,57 @@ class Service:
 
     async def _confirmed(self, job_id: str) -> None:
         """The broker has the job: over RabbitMQ, which keeps it until it is answered, the stored bytes go."""
-        await asyncio.wrap_future(self.store.published(job_id, keep_images=self.broker.replays_unfinished))
+        await self.store.published(job_id, keep_images=self.broker.replays_unfinished)
 
     # -- outcomes in ---------------------------------------------------------------------------
 
-    def record(self, outcome: Outcome) -> Future[None]:
-        """Called by the broker for each outcome (any thread, never waiting for the disk): the first outcome of
-        each image wins. The future is done once the outcome is stored (or failed to be: StoreUnavailable); the
+    async def record(self, outcome: Outcome) -> None:
+        """Called by the broker for each outcome, maybe more than once (at-least-once delivery): the first outcome
+        of each image wins. Returns once the outcome is stored (StoreUnavailable when it could not be); the
         requests waiting for the job are woken once it is finished (every part of a split job answered)."""
-        if isinstance(outcome, JobStarted):
-            return self.store.started(outcome.job_id)
-        if outcome.error is not None:
-            self.metrics.job_errors.labels(code=outcome.error.code).inc()
-            stored = self.store.fail(outcome.job_id, outcome.error, outcome.indices)
-        else:
-            stored = self.store.finish(outcome.job_id, outcome.results, outcome.indices)
-        recorded: Future[None] = Future()
-
-        def wake(stored: Future[Recorded]) -> None:
-            if (error := stored.exception()) is not None:
-                log.warning("outcome of job %s not stored: %s", outcome.job_id, error)
-                recorded.set_exception(error)
+        try:
+            if isinstance(outcome, JobStarted):
+                await self.store.started(outcome.job_id)
                 return
-            result = stored.result()
-            self.metrics.outcomes.labels(first=str(result.new).lower()).inc()
-            if result.finished:
-                self.waiters.finished(outcome.job_id)
-            recorded.set_result(None)
+            if outcome.error is not None:
+                self.metrics.job_errors.labels(code=outcome.error.code).inc()
+                recorded = await self.store.fail(outcome.job_id, outcome.error, outcome.indices)
+            else:
+                recorded = await self.store.finish(outcome.job_id, outcome.results, outcome.indices)
+        except StoreUnavailable as exc:
+            log.warning("outcome of job %s not stored: %s", outcome.job_id, exc.message)
+            raise
+        self.metrics.outcomes.labels(first=str(recorded.new).lower()).inc()
+        if recorded.finished:
+            self.waiters.finished(outcome.job_id)
 
-        stored.add_done_callback(wake)
-        return recorded
+    def finished_elsewhere(self, job_id: str | None) -> None:
+        """A shared store's notice: another gateway finished the job (None: any job may have finished)."""
+        if job_id is None:
+            self.waiters.wake_all()
+        else:
+            self.waiters.finished(job_id)
 
     # -- jobs out ------------------------------------------------------------------------------
 
-    def job(self, job_id: str, caller: Caller) -> Job:
+    async def job(self, job_id: str, caller: Caller) -> Job:
         """A job the caller may see: with API keys on, another key's job does not exist for it (404)."""
-        job = self.store.get(job_id)
+        job = await self.store.get(job_id)
         if caller.owner is not None and job.owner != caller.owner:
             raise job_not_found(job_id)
         return job
 
-    def cancel(self, job_id: str, caller: Caller) -> Job:
+    async def cancel(self, job_id: str, caller: Caller) -> Job:
         """Best effort: the job is marked cancelled at once and a late outcome is ignored."""
-        self.job(job_id, caller)
-        job = self.store.cancel(job_id)
+        await self.job(job_id, caller)
+        job = await self.store.cancel(job_id)
         self.waiters.finished(job_id)
         return job
 
-    def list_jobs(
+    async def list_jobs(
         self, caller: Caller, *, statuses: Sequence[JobStatus] | None, limit: int, after: str | None
     ) -> list[Job]:
-        return self.store.list_jobs(statuses=statuses, limit=limit, after=after, owner=caller.owner)
+        return await self.store.list_jobs(statuses=statuses, limit=limit, after=after, owner=caller.owner)
 
 
 class JobTimeout(Timeout):

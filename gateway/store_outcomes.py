@@ -1,5 +1,6 @@
-"""Recording outcomes in the store: per image, the first one wins, and a job is finished once every image has
-one (one reply for the whole job, or one per part of a split job)."""
+"""Recording outcomes: per image, the first one wins, and a job is finished once every image has one (one reply
+for the whole job, or one per part of a split job). `plan_outcomes` decides what an outcome changes; each
+backend reads what it needs and writes the plan in its own transaction (`record_outcomes` is SQLite's)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from blipq.gateway.jobs import JobStatus
 
 UNFINISHED = ("queued", "running")
 
+#: An image's outcome as stored: state, caption, error code, error message.
+OutcomeRow = tuple[object, ...]
+
 log = logging.getLogger(__name__)
 
 
@@ -25,46 +29,69 @@ class Recorded:
     finished: bool
 
 
-def record_outcomes(
-    db: sqlite3.Connection,
+@dataclass(frozen=True)
+class OutcomePlan:
+    """The images to update, as (state, caption, code, message, index), and whether that finishes the job."""
+
+    updates: list[tuple[object, ...]]
+    finishes: bool
+
+
+def plan_outcomes(
     job_id: str,
-    rows: Sequence[tuple[object, ...]] | None,
+    job: tuple[str, int] | None,
+    pending: Sequence[int],
+    rows: Sequence[OutcomeRow] | None,
     indices: Sequence[int] | None,
-    every_one: tuple[object, ...] = (),
-) -> Recorded:
-    """Outcomes `rows` (state, caption, code, message), or `every_one` for each image, for the images at
-    `indices` that are pending, else for the pending images in order (in the caller's transaction). The first
-    outcome of each image wins; the job is finished once every image has one."""
-    row = db.execute("SELECT status, n_images FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    if row is None:
+    every_one: OutcomeRow = (),
+) -> OutcomePlan | Recorded:
+    """For the job's (status, image count), or None when it is unknown, and the indices of its pending images:
+    the plan for outcomes `rows`, or `every_one` for each image, for the images at `indices` that are pending,
+    else for the pending images in order; or what was recorded when nothing is to change."""
+    if job is None:
         return Recorded(new=False, finished=False)
-    if JobStatus(row[0]).finished:
+    status, n_images = job
+    if JobStatus(status).finished:
         return Recorded(new=False, finished=True)
-    pending = [
-        index
-        for (index,) in db.execute(
-            "SELECT idx FROM job_images WHERE job_id = ? AND state IN (?, ?) ORDER BY idx",
-            (job_id, *UNFINISHED),
-        )
-    ]
     targets = pending if indices is None else indices
     if rows is None:
         rows = [every_one] * len(targets)
-    elif indices is None and len(rows) == row[1] != len(pending):  # a whole job's reply: the pending ones
+    elif indices is None and len(rows) == n_images != len(pending):  # a whole job's reply: the pending ones
         rows = [rows[index] for index in pending]
     if len(rows) != len(targets):
         log.warning("job %s: %d results for %d images; ignored", job_id, len(rows), len(targets))
         return Recorded(new=False, finished=False)
     waiting = set(pending)
-    updates = [(*outcome, job_id, index) for outcome, index in zip(rows, targets, strict=True) if index in waiting]
+    updates = [(*outcome, index) for outcome, index in zip(rows, targets, strict=True) if index in waiting]
     if not updates:
         return Recorded(new=False, finished=False)
+    return OutcomePlan(updates, finishes=len(updates) == len(pending))
+
+
+def record_outcomes(
+    db: sqlite3.Connection,
+    job_id: str,
+    rows: Sequence[OutcomeRow] | None,
+    indices: Sequence[int] | None,
+    every_one: OutcomeRow = (),
+) -> Recorded:
+    """`plan_outcomes` on SQLite, in the caller's transaction (the writer thread's: no other write interleaves)."""
+    job = db.execute("SELECT status, n_images FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    pending = [
+        index
+        for (index,) in db.execute(
+            "SELECT idx FROM job_images WHERE job_id = ? AND state IN (?, ?) ORDER BY idx", (job_id, *UNFINISHED)
+        )
+    ]
+    plan = plan_outcomes(job_id, job, pending, rows, indices, every_one)
+    if isinstance(plan, Recorded):
+        return plan
     db.executemany(
-        "UPDATE job_images SET state = ?, caption = ?, error_code = ?, error_message = ? WHERE job_id = ? AND idx = ?",
-        updates,
+        "UPDATE job_images SET state = ?, caption = ?, error_code = ?, error_message = ? WHERE idx = ? AND job_id = ?",
+        [(*update, job_id) for update in plan.updates],
     )
     now = time.time()
-    if len(updates) < len(pending):  # a part of the job is done: the rest is under way
+    if not plan.finishes:  # a part of the job is done: the rest is under way
         db.execute(
             "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?) WHERE id = ?", (now, job_id)
         )

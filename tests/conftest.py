@@ -114,3 +114,9 @@ def postgres_url() -> Iterator[str]:
 def amqp_url(rabbitmq: TestBroker) -> str:
     """A URL to a fresh virtual host of the session's broker."""
     return rabbitmq.fresh_url()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """`pytest.mark.anyio` tests run on asyncio, as the gateway does."""
+    return "asyncio"

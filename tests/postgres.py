@@ -1,7 +1,7 @@
 """A fresh PostgreSQL database per test, on the test server, dropped after.
 
-The server: `BLIPQ_TEST_POSTGRES_URL` if set, else the machine's own on 127.0.0.1:5432 as `postgres`
-(trust auth; `bash .ci/run` starts Debian's postgresql where none answers). Tests never touch a database
+The server: `BLIPQ_TEST_POSTGRES_URL` (a postgresql:// URL) if set, else the machine's own on 127.0.0.1:5432
+as `postgres` (trust auth; `bash .ci/run` starts Debian's postgresql where none answers). Tests never touch a database
 they did not create.
 """
 
@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -21,7 +22,7 @@ DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 @contextmanager
 def fresh_database() -> Iterator[str]:
-    """The conninfo of a new, empty database; dropped (whoever is still connected) when the block ends."""
+    """The URL of a new, empty database; dropped (whoever is still connected) when the block ends."""
     admin = os.environ.get("BLIPQ_TEST_POSTGRES_URL", DEFAULT_ADMIN_URL)
     name = f"blipq_test_{uuid.uuid4().hex[:12]}"
     try:
@@ -33,7 +34,7 @@ def fresh_database() -> Iterator[str]:
             "or set BLIPQ_TEST_POSTGRES_URL"
         )
     try:
-        yield psycopg.conninfo.make_conninfo(admin, dbname=name)
+        yield urlsplit(admin)._replace(path=f"/{name}").geturl()
     finally:
         with psycopg.connect(admin, autocommit=True, connect_timeout=10) as connection:
             connection.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

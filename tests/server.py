@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import signal
@@ -150,8 +151,12 @@ def store_url(data_dir: Path) -> str:
 
 def stored_statuses(data_dir: Path, ids: list[str]) -> list[JobStatus]:
     """The jobs' statuses as the store a `Server` kept in `data_dir` holds them (read from the file)."""
-    store = open_store(store_url(data_dir))
-    try:
-        return [store.get(job_id).status for job_id in ids]
-    finally:
-        store.close()
+
+    async def read() -> list[JobStatus]:
+        store = open_store(store_url(data_dir))
+        try:
+            return [(await store.get(job_id)).status for job_id in ids]
+        finally:
+            await store.close()
+
+    return asyncio.run(read())

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import anyio.to_thread
+import math
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -25,7 +26,7 @@ async def readyz(service: ServiceDep) -> dict[str, object] | Response:
     """The store answers and the broker can run jobs now: embedded, the model is loaded and its thread alive;
     with RabbitMQ, the gateway is connected and at least one worker consumes the request queue."""
     try:
-        depth = await anyio.to_thread.run_sync(service.store.pending_images)  # no store work on the loop
+        depth = await service.store.pending_images()
         details = await service.broker.readiness()
     except BlipqError as exc:
         return response_for(exc)
@@ -33,6 +34,10 @@ async def readyz(service: ServiceDep) -> dict[str, object] | Response:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(request: Request) -> Response:
+async def metrics(request: Request, service: ServiceDep) -> Response:
+    try:
+        service.metrics.queue_depth.set(await service.store.pending_images())
+    except BlipqError:
+        service.metrics.queue_depth.set(math.nan)
     registries: list[CollectorRegistry] = request.app.state.metrics_registries
     return Response(b"".join(generate_latest(registry) for registry in registries), media_type=CONTENT_TYPE_LATEST)

@@ -49,14 +49,14 @@ async def start_job(body: SeedRequest, service: ServiceDep, caller: CallerDep) -
 
 
 @router.get("/captionImage", response_model=list[SeedResult])
-def finished_jobs(
+async def finished_jobs(
     service: ServiceDep,
     caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
     after: Annotated[str | None, Query(description="Only jobs after this job id.")] = None,
 ) -> list[SeedResult]:
     """Finished jobs still within the retention period, oldest first."""
-    jobs = service.list_jobs(caller, statuses=FINISHED, limit=limit, after=after)
+    jobs = await service.list_jobs(caller, statuses=FINISHED, limit=limit, after=after)
     return [SeedResult(id=job.id, result=seed_captions(job)) for job in jobs]
 
 

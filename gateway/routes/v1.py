@@ -6,7 +6,6 @@ import hashlib
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -64,16 +63,16 @@ async def create_job(
         idempotency = Idempotency(idempotency_key, fingerprint)
     job_id = await service.submit(_job_inputs(body, service), body.options, caller, idempotency)
     response.headers["Location"] = f"/v1/jobs/{job_id}"
-    return JobView.of(await run_in_threadpool(service.job, job_id, caller))
+    return JobView.of(await service.job(job_id, caller))
 
 
 @router.get("/jobs/{job_id}", response_model=JobView)
-def get_job(job_id: str, service: ServiceDep, caller: CallerDep) -> JobView:
-    return JobView.of(service.job(job_id, caller))
+async def get_job(job_id: str, service: ServiceDep, caller: CallerDep) -> JobView:
+    return JobView.of(await service.job(job_id, caller))
 
 
 @router.get("/jobs", response_model=JobList)
-def list_jobs(
+async def list_jobs(
     service: ServiceDep,
     caller: CallerDep,
     status: JobStatus | None = None,
@@ -81,16 +80,16 @@ def list_jobs(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
 ) -> JobList:
     """Jobs oldest first."""
-    jobs = service.list_jobs(caller, statuses=[status] if status else None, limit=limit + 1, after=cursor)
+    jobs = await service.list_jobs(caller, statuses=[status] if status else None, limit=limit + 1, after=cursor)
     page = jobs[:limit]
     next_cursor = page[-1].id if len(jobs) > limit else None
     return JobList(jobs=[JobView.of(job) for job in page], next_cursor=next_cursor)
 
 
 @router.delete("/jobs/{job_id}", response_model=JobView)
-def cancel_job(job_id: str, service: ServiceDep, caller: CallerDep) -> JobView:
+async def cancel_job(job_id: str, service: ServiceDep, caller: CallerDep) -> JobView:
     """Cancel the images not captioned yet; a finished job is returned unchanged."""
-    return JobView.of(service.cancel(job_id, caller))
+    return JobView.of(await service.cancel(job_id, caller))
 
 
 @router.post(

@@ -3,7 +3,9 @@ id alone, are read back in order as room frees up, and every one is answered wit
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -16,7 +18,7 @@ from blipq.gateway.app import create_app
 from blipq.gateway.broker import Dispatch
 from blipq.gateway.jobs import JobStatus
 from blipq.gateway.settings import GatewaySettings
-from blipq.gateway.store import open_store
+from blipq.gateway.store import Store, open_store
 from blipq.inference.batcher import BatcherConfig
 from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
@@ -25,19 +27,24 @@ from tests.helpers import pictures
 from tests.server import wait_until
 
 
+def reading(store: Store) -> Callable[[str], Dispatch | None]:
+    """The admission's read of a deferred job, from its own thread."""
+    return lambda job_id: as_dispatch(asyncio.run(store.request(job_id)))
+
+
 def test_jobs_past_the_bound_wait_in_the_store_and_run_in_order_as_room_frees_up(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path}/store.db")
     ran: list[Dispatch] = []
-    admission = Admission(ran.append, lambda job_id: as_dispatch(store.request(job_id)), max_images=3, max_bytes=10**9)
+    admission = Admission(ran.append, reading(store), max_images=3, max_bytes=10**9)
     admission.start()
     try:
         images = [ImageInput(data=bytes([n]) * 100) for n in range(2)]
-        ids = [store.create(images, CaptionOptions()).result()[0] for _ in range(5)]
+        ids = [asyncio.run(store.create(images, CaptionOptions()))[0] for _ in range(5)]
         for job_id in ids:
             admission.offer(Dispatch(job_id, images, CaptionOptions()))
         assert [dispatch.job_id for dispatch in ran] == ids[:2]  # 2 + 2 images: the bound of 3 is reached
         assert (admission.deferred, admission.held) == (3, (4, 400))
-        store.cancel(ids[2])  # cancelled while it waited: never read back
+        asyncio.run(store.cancel(ids[2]))  # cancelled while it waited: never read back
         admission.finished(ids[0])
         wait_until(lambda: len(ran) == 3, timeout_s=10)
         assert ran[2] == Dispatch(ids[3], tuple(images), CaptionOptions(), (0, 1))  # read back from the store
@@ -48,19 +55,19 @@ def test_jobs_past_the_bound_wait_in_the_store_and_run_in_order_as_room_frees_up
         assert (ran[3].job_id, admission.deferred) == (ids[4], 0)
     finally:
         admission.stop()
-        store.close()
+        asyncio.run(store.close())
 
 
 def test_a_byte_bound_defers_as_well_and_one_job_alone_always_runs(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path}/store.db")
     ran: list[Dispatch] = []
-    admission = Admission(ran.append, lambda job_id: as_dispatch(store.request(job_id)), max_images=100, max_bytes=1000)
+    admission = Admission(ran.append, reading(store), max_images=100, max_bytes=1000)
     big = [ImageInput(data=b"x" * 5000)]
-    first, second = (store.create(big, CaptionOptions()).result()[0] for _ in range(2))
+    first, second = (asyncio.run(store.create(big, CaptionOptions()))[0] for _ in range(2))
     admission.offer(Dispatch(first, big, CaptionOptions()))  # over the bound alone: nothing else is held
     admission.offer(Dispatch(second, big, CaptionOptions()))
     assert ([dispatch.job_id for dispatch in ran], admission.deferred) == ([first], 1)
-    store.close()
+    asyncio.run(store.close())
 
 
 def test_the_service_answers_every_job_when_most_waited_in_the_store(tmp_path: Path, engine: CaptionEngine) -> None:
@@ -84,4 +91,3 @@ def test_the_service_answers_every_job_when_most_waited_in_the_store(tmp_path: P
             assert job.status is JobStatus.SUCCEEDED
             assert job.captions == engine.caption([decode_image(image) for image in batch], CaptionOptions())
         assert (broker.admission.deferred, broker.admission.held) == (0, (0, 0))
-    store.close()

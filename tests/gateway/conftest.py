@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,7 +19,7 @@ from blipq.gateway.broker import Broker, Dispatch, OutcomeHandler
 from blipq.gateway.jobs import Job
 from blipq.gateway.rabbit import MessageSizes, RabbitBroker
 from blipq.gateway.settings import GatewaySettings
-from blipq.gateway.store import JobStore, open_store
+from blipq.gateway.store import Store, open_store
 from blipq.inference.amqp_worker import AmqpWorker
 from blipq.inference.batcher import BatcherConfig
 from blipq.inference.engine import CaptionEngine
@@ -84,15 +85,15 @@ class HeldModelBroker(InProcessBroker):
     """The embedded transport with its model held back: the jobs admitted wait, as they would on a broker
     with no consumer, until `run_model()` starts the real batcher on them."""
 
-    def __init__(self, engine: CaptionEngine, config: BatcherConfig, store: JobStore, **bounds: int) -> None:
+    def __init__(self, engine: CaptionEngine, config: BatcherConfig, store: Store, **bounds: int) -> None:
         super().__init__(engine, config, store, model="tiny", metrics=InferenceMetrics(), **bounds)
         self.held: list[Dispatch] | None = []
         # Jobs are admitted on the app's event loop (a replay, in the background) and on the admission's
         # thread while the test's thread runs the model: no job may slip between the two.
         self._holding = threading.Lock()
 
-    async def start(self, on_outcome: OutcomeHandler) -> None:
-        self._on_outcome = on_outcome
+    async def start(self, on_outcome: OutcomeHandler, *, shared_store: str | None = None) -> None:
+        self._on_outcome, self._loop = on_outcome, asyncio.get_running_loop()
         self.admission.start()
 
     def run(self, dispatch: Dispatch) -> None:
@@ -117,6 +118,7 @@ class HeldModelBroker(InProcessBroker):
 
 
 AppFactory = Callable[..., TestClient]
+T = TypeVar("T")
 
 
 class RabbitModel:
@@ -165,8 +167,7 @@ def make_client(request: pytest.FixtureRequest, tmp_path: Path, engine: CaptionE
         # Each app its own virtual host: a second app in one test must not share the first one's worker.
         amqp_url = broker_for_tests.fresh_url() if broker_for_tests is not None else None
         settings = GatewaySettings(store=f"sqlite:///{tmp_path}/store-{next(numbers)}.db", **overrides)
-        store = open_store(settings.store)
-        stack.callback(store.close)
+        store = open_store(settings.store)  # the app closes it
         broker: Broker
         if amqp_url is None:
             held = HeldModelBroker(engine, config, store, **(held_bounds or {}))
@@ -194,8 +195,26 @@ def make_client(request: pytest.FixtureRequest, tmp_path: Path, engine: CaptionE
         yield build
 
 
+def on_app(client: TestClient, function: Callable[..., Coroutine[Any, Any, T]], *args: object) -> T:
+    """`function(*args)` awaited on the app's event loop (the store's and the service's coroutines run there)."""
+    assert client.portal is not None, "the client is running"
+    return client.portal.call(function, *args)
+
+
+def app_store(client: TestClient) -> Store:
+    store: Store = client.app.state.service.store  # type: ignore[attr-defined]
+    return store
+
+
+def pending_images(client: TestClient) -> int:
+    return on_app(client, app_store(client).pending_images)
+
+
+def stored_job(client: TestClient, job_id: str) -> Job:
+    """The job as the app's store has it."""
+    return on_app(client, app_store(client).get, job_id)
+
+
 def finished_job(client: TestClient, job_id: str, timeout_s: float = 60) -> Job:
-    store = client.app.state.service.store  # type: ignore[attr-defined]
-    wait_until(lambda: store.get(job_id).status.finished, timeout_s)
-    job: Job = store.get(job_id)
-    return job
+    wait_until(lambda: stored_job(client, job_id).status.finished, timeout_s)
+    return stored_job(client, job_id)

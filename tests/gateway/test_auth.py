@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from pathlib import Path
@@ -18,7 +19,7 @@ from blipq.gateway.store import open_store
 from blipq.inference.batcher import BatcherConfig
 from blipq.inference.engine import CaptionEngine
 from blipq.inference.metrics import InferenceMetrics
-from tests.gateway.conftest import AppFactory
+from tests.gateway.conftest import AppFactory, stored_job
 from tests.helpers import drawing, encode
 
 PNG = base64.b64encode(encode(drawing(20, 20, "white", "red"), "PNG")).decode()
@@ -86,7 +87,7 @@ def test_one_key_cannot_see_or_cancel_anothers_job(client: TestClient) -> None:
     client.delete(f"/v1/jobs/{job_id}", headers=alice)  # finished (cancelled): listed on the seed route
     assert [job["id"] for job in client.get("/captionImage", headers=alice).json()] == [job_id]
     assert client.get("/captionImage", headers=bob).json() == []
-    stored = client.app.state.service.store.get(job_id)
+    stored = stored_job(client, job_id)
     assert stored.owner is not None
     assert ALICE not in stored.owner  # the store holds a digest prefix, never the key
 
@@ -113,4 +114,4 @@ def test_a_broken_keys_file_stops_startup_with_a_clear_message(tmp_path: Path, e
         with pytest.raises(BlipqError, match="cannot read the API keys file"):
             create_app(GatewaySettings(store=settings.store, api_keys_file=tmp_path / "missing.txt"), store, broker)
     finally:
-        store.close()
+        asyncio.run(store.close())

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from blipq.gateway.service import QUEUE_FULL_RETRY_AFTER_S
-from tests.gateway.conftest import AppFactory
+from tests.gateway.conftest import AppFactory, pending_images
 from tests.helpers import pictures
 from tests.server import wait_until
 
@@ -25,8 +25,7 @@ def test_a_flood_gets_429_with_retry_after_and_the_service_recovers(make_client:
     assert refused.headers["retry-after"] == "5"
     assert refused.json()["error"]["code"] == "queue_full"
     assert "max_queue_depth limit of 5" in refused.json()["error"]["message"]
-    store = client.app.state.service.store
-    assert store.pending_images() == 4  # refused jobs stored nothing
+    assert pending_images(client) == 4  # refused jobs stored nothing
     assert "blipq_jobs_refused_queue_full_total 4.0" in client.get("/metrics").text
     assert_recovers(client, body, jobs_before=2)
 
@@ -44,18 +43,16 @@ def test_a_request_queue_full_at_the_broker_gets_429_and_the_service_recovers(ma
     assert refused.json()["error"]["code"] == "queue_full"
     assert "the request queue is full (x-max-length)" in refused.json()["error"]["message"]
     assert refused.headers["retry-after"] == str(QUEUE_FULL_RETRY_AFTER_S)
-    store = client.app.state.service.store
-    assert store.pending_images() == 3  # the refused job left nothing behind
+    assert pending_images(client) == 3  # the refused job left nothing behind
     assert_recovers(client, body, jobs_before=3)
 
 
 def assert_recovers(client: TestClient, body: dict[str, list[str]], jobs_before: int) -> None:
     """Once the held-back model runs, the jobs accepted finish and a new job is taken and finished."""
-    store = client.app.state.service.store
     client.app.state.run_model()
-    wait_until(lambda: store.pending_images() == 0, timeout_s=60)
+    wait_until(lambda: pending_images(client) == 0, timeout_s=60)
     assert client.post("/captionImage", json=body).status_code == 200
-    wait_until(lambda: store.pending_images() == 0, timeout_s=60)
+    wait_until(lambda: pending_images(client) == 0, timeout_s=60)
     assert len(client.get("/captionImage").json()) == jobs_before + 1
 
 
@@ -79,7 +76,7 @@ def test_idempotency_key_returns_the_same_job_and_refuses_a_different_body(make_
     assert first.status_code == again.status_code == 202
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["location"] == first.headers["location"]
-    assert client.app.state.service.store.pending_images() == 1
+    assert pending_images(client) == 1
     other = client.post(
         "/v1/jobs", json={**body, "options": {"num_beams": 2}}, headers={"Idempotency-Key": "upload-42"}
     )

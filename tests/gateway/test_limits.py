@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.gateway.conftest import AppFactory, finished_job
+from tests.gateway.conftest import AppFactory, finished_job, pending_images
 from tests.helpers import drawing, encode, noise, png_declaring
 from tests.server import Server
 
@@ -41,7 +41,7 @@ def test_body_size_is_counted_as_it_arrives(make_client: AppFactory) -> None:
     for path in ("/captionImage", "/v1/jobs", "/v1/captions", "/v1/hf"):
         response = client.post(path, content=chunks(), headers={"content-type": "application/json"})
         assert error(response)[:2] == (413, "input_too_large"), path
-    assert client.app.state.service.store.pending_images() == 0
+    assert pending_images(client) == 0
 
 
 @pytest.mark.both_modes
@@ -64,7 +64,7 @@ def test_per_image_bytes_pixels_and_formats(make_client: AppFactory) -> None:
     assert error(upload)[2].startswith("image 1: ")
     raw = client.post("/v1/hf", content=png_declaring(50_000, 50_000))
     assert error(raw)[0] == 413
-    assert client.app.state.service.store.pending_images() == 0
+    assert pending_images(client) == 0
     png_only = make_client(image_formats="png")
     status, _, message = error(png_only.post("/v1/jobs", json={"images": [{"b64": b64(PNG)}, {"b64": b64(JPEG)}]}))
     assert (status, message) == (422, "image 1: JPEG images are not accepted (image_formats: PNG)")

@@ -12,7 +12,7 @@ from blipq.contract.errors import StoreUnavailable
 from blipq.gateway.pg_schema import VERSION, prepare_schema
 
 
-async def prepare(url: str) -> int:
+async def prepare(url: str) -> str:
     async with await psycopg.AsyncConnection.connect(url) as connection:
         return await prepare_schema(connection)
 
@@ -24,22 +24,23 @@ def tables(url: str) -> set[str]:
 
 
 def test_gateways_starting_together_make_the_tables_once(postgres_url: str) -> None:
-    async def together() -> list[int]:
+    async def together() -> list[str]:
         return await asyncio.gather(*(prepare(postgres_url) for _ in range(4)))
 
-    assert asyncio.run(together()) == [VERSION] * 4  # without the lock, three would fail on CREATE TABLE
+    store_ids = asyncio.run(together())  # without the lock, three would fail on CREATE TABLE
+    assert len(set(store_ids)) == 1  # one store: its gateways share one reply queue
     assert tables(postgres_url) == {"blipq_schema", "jobs", "job_images", "job_blobs"}
     with psycopg.connect(postgres_url) as connection:
-        assert connection.execute("SELECT version FROM blipq_schema").fetchall() == [(VERSION,)]
+        assert connection.execute("SELECT version, store_id FROM blipq_schema").fetchall() == [(VERSION, store_ids[0])]
 
 
 def test_the_next_start_keeps_what_is_stored(postgres_url: str) -> None:
-    asyncio.run(prepare(postgres_url))
+    store_id = asyncio.run(prepare(postgres_url))
     with psycopg.connect(postgres_url) as connection:
         connection.execute(
             "INSERT INTO jobs (id, status, options, n_images, created_at) VALUES ('kept', 'queued', '{}', 1, 0)"
         )
-    assert asyncio.run(prepare(postgres_url)) == VERSION
+    assert asyncio.run(prepare(postgres_url)) == store_id
     with psycopg.connect(postgres_url) as connection:
         assert connection.execute("SELECT id FROM jobs").fetchall() == [("kept",)]
 

@@ -10,6 +10,7 @@ Examples per route: BLIPQ_SCHEMA_EXAMPLES (default 30 in CI); e.g. 1000 for a lo
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,7 +79,7 @@ def api_schema(
         app = create_app(config, store, broker)
         with TestClient(app):
             yield schemathesis.openapi.from_asgi("/openapi.json", app)
-        store.close()
+        asyncio.run(store.close())
         return
     env = {
         **ALLOW_LOOPBACK,

@@ -3,9 +3,11 @@ refused at first."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import sqlite3
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,9 @@ from blipq.contract.requests import JobRequest
 from blipq.gateway import sqlite_file
 from blipq.gateway.broker import JobFinished
 from blipq.gateway.jobs import Idempotency, JobStatus
-from blipq.gateway.store import JobStore, open_store
-from tests.gateway.conftest import AppFactory, finished_job
+from blipq.gateway.sqlite_store import SqliteStore
+from blipq.gateway.store import open_store
+from tests.gateway.conftest import AppFactory, app_store, finished_job, on_app
 from tests.helpers import pictures
 from tests.server import wait_until
 
@@ -31,11 +34,9 @@ def test_an_error_for_the_whole_job_fails_each_image_and_is_counted(make_client:
     body = {"images": [{"b64": base64.b64encode(image).decode()} for image in pictures(2)]}
     job_id = client.post("/v1/jobs", json=body).json()["id"]
     service = client.app.state.service
-    # record returns at once; its future is done when the outcome is stored
-    service.record(
-        JobFinished(job_id, error=ErrorInfo("expired", "the request expired before a worker took it"))
-    ).result()
-    service.record(JobFinished(job_id, [ImageResult(caption="late"), ImageResult(caption="late")])).result()
+    # record returns once the outcome is stored
+    on_app(client, service.record, JobFinished(job_id, error=ErrorInfo("expired", "the request expired early")))
+    on_app(client, service.record, JobFinished(job_id, [ImageResult(caption="late"), ImageResult(caption="late")]))
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "failed"
     assert [image["error"]["code"] for image in job["images"]] == ["expired", "expired"]
@@ -53,8 +54,7 @@ def test_an_outcome_the_store_could_not_record_is_recorded_once_the_store_takes_
     client = make_client(model_running=False)
     body = {"images": [{"b64": base64.b64encode(image).decode()} for image in pictures(2)]}
     job_id = client.post("/v1/jobs", json=body).json()["id"]
-    store_path = client.app.state.service.store._file.path
-    locker = sqlite3.connect(store_path, isolation_level=None)
+    locker = sqlite3.connect(client.app.state.service.store.path, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     try:
         client.app.state.run_model()
@@ -76,7 +76,7 @@ def test_a_store_that_cannot_be_written_answers_503_store_unavailable(
     monkeypatch.setattr(sqlite_file, "BUSY_TIMEOUT_S", 0.2)
     client = make_client()
     body = {"images": [{"b64": base64.b64encode(image).decode()} for image in pictures(1)]}
-    locker = sqlite3.connect(client.app.state.service.store._file.path, isolation_level=None)
+    locker = sqlite3.connect(client.app.state.service.store.path, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     try:
         refused = client.post("/v1/jobs", json=body)
@@ -95,10 +95,10 @@ def test_a_recovery_at_start_up_that_fails_is_logged_and_the_gateway_serves_on(
     """The start-up recovery (replaying, or publishing what was never confirmed) runs in the background: a store
     that fails it is logged, not lost, and new jobs are still taken."""
 
-    def unreadable(*_args: object, **_kwargs: object) -> None:
+    async def unreadable(*_args: object, **_kwargs: object) -> None:
         raise StoreUnavailable("store error at store.db: disk I/O error")
 
-    monkeypatch.setattr(JobStore, "unfinished_jobs", unreadable)
+    monkeypatch.setattr(SqliteStore, "unfinished_jobs", unreadable)
     client = make_client()
     wait_until(lambda: "the unfinished jobs were not all dispatched again" in caplog.text, timeout_s=30)
     assert "disk I/O error" in caplog.text
@@ -114,19 +114,18 @@ def test_jobs_stored_but_never_published_are_published_at_start_up_and_on_a_retr
     (in the store the next gateway opens), and a job whose client retries with the same Idempotency-Key."""
     images = pictures(3)
     left = open_store(f"sqlite:///{tmp_path}/store-0.db")  # the store the first app of make_client opens
-    orphan, _ = left.create([ImageInput(data=image) for image in images[:2]], CaptionOptions()).result()
-    left.close()
+    orphan, _ = asyncio.run(left.create([ImageInput(data=image) for image in images[:2]], CaptionOptions()))
+    asyncio.run(left.close())
     client = make_client()
     assert finished_job(client, orphan).status is JobStatus.SUCCEEDED
     body = {"images": [{"b64": base64.b64encode(images[2]).decode()}]}
     fingerprint = hashlib.sha256(JobRequest.model_validate(body).model_dump_json().encode()).hexdigest()
-    store = client.app.state.service.store
-    keyed, _ = store.create(
-        [ImageInput(data=images[2])], CaptionOptions(), idempotency=Idempotency("retry-me", fingerprint)
-    ).result()
+    store = app_store(client)
+    key = Idempotency("retry-me", fingerprint)
+    keyed, _ = on_app(client, partial(store.create, [ImageInput(data=images[2])], CaptionOptions(), idempotency=key))
     retried = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "retry-me"})
     assert retried.json()["id"] == keyed
     assert finished_job(client, keyed).status is JobStatus.SUCCEEDED
     again = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "retry-me"})  # published: not again
     assert again.json()["id"] == keyed
-    assert store.unfinished_jobs() == []  # nothing left to publish or run
+    assert on_app(client, store.unfinished_jobs) == []  # nothing left to publish or run
