@@ -245,7 +245,13 @@ def serve(
     host: Annotated[str | None, setting_option(GatewaySettings, "host", "--host", "Listen address.")] = None,
     port: Annotated[int | None, setting_option(GatewaySettings, "port", "--port", "Listen port.")] = None,
     store: Annotated[
-        str | None, setting_option(GatewaySettings, "store", "--store", "Result store: sqlite:///path/to/file.db.")
+        str | None,
+        setting_option(
+            GatewaySettings,
+            "store",
+            "--store",
+            "Result store: sqlite:///path/to/file.db or postgresql://user:password@host/db (with --broker).",
+        ),
     ] = None,
     broker: BrokerOpt = None,
     gateway_id: Annotated[

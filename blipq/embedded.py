@@ -13,11 +13,12 @@ import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import anyio.to_thread
 
 from blipq.admission import Admission
-from blipq.contract.errors import ModelUnavailable
+from blipq.contract.errors import ModelUnavailable, StoreUnavailable
 from blipq.contract.messages import ImageResult
 from blipq.engine_build.checkpoint import resolve_checkpoint
 from blipq.gateway.broker import Dispatch, JobFinished, JobStarted, OutcomeHandler
@@ -137,6 +138,9 @@ def run_embedded(gateway: GatewaySettings, inference: InferenceSettings) -> None
     """Open the store, load the model, serve until SIGTERM; then answer the requests in flight, finish the
     jobs started and leave the others in the store for the next start."""
     show_progress_logs()
+    if urlsplit(gateway.store).scheme != "sqlite":
+        # It would run every gateway's unfinished jobs again at each start, as if they were its own.
+        raise StoreUnavailable("a shared store (PostgreSQL) is for gateways over RabbitMQ: add --broker")
     store = open_store(gateway.store)
     try:
         quiet_transformers()

@@ -7,8 +7,8 @@ so the parts of a split job recorded by two gateways at once still give each ima
 finish the job once; one owner's Idempotency-Key is a unique index, so two gateways given the same key at once
 make one job; the retention purge runs under an advisory lock that one gateway at a time takes.
 
-A job finished (or cancelled) sends a notice on the channel `blipq_finished` at commit; every gateway LISTENs
-on a connection of its own and wakes its requests waiting for that job.
+A job finished (or cancelled) sends a notice at commit; every gateway listens on a connection of its own and
+wakes its requests waiting for that job (`blipq.gateway.pg_notices`).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import psycopg
 import psycopg_pool
 from psycopg import sql
 
-from blipq.contract.amqp import Backoff
 from blipq.contract.errors import IdempotencyConflict, JobNotFound, StoreUnavailable
 from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
 from blipq.gateway.jobs import Idempotency, Job, JobStatus
+from blipq.gateway.pg_notices import FINISHED_CHANNEL, listen_for_finished_jobs
 from blipq.gateway.pg_schema import prepare_schema
 from blipq.gateway.sqlite_store import outcome_rows
 from blipq.gateway.store import FinishedElsewhere, PendingLimit, StoredRequest, UnfinishedJob, job_not_found
@@ -45,7 +45,6 @@ CONNECT_TIMEOUT_S = 10.0
 #: How long an operation waits for a free connection (or a new one) before the request gets 503.
 POOL_WAIT_S = 30.0
 
-FINISHED_CHANNEL = "blipq_finished"
 #: The advisory lock a gateway holds while it purges (any fixed number; "purge" in ASCII).
 PURGE_LOCK = 0x7075726765
 
@@ -81,9 +80,7 @@ class PostgresStore:
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             await self._pool.close()
             raise StoreUnavailable(f"cannot open the store {self!r}: {exc}") from None
-        listening = asyncio.Event()
-        self._listener = asyncio.create_task(self._listen(finished_elsewhere, listening))
-        await listening.wait()
+        self._listener = await listen_for_finished_jobs(self.url, finished_elsewhere)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -381,26 +378,3 @@ class PostgresStore:
                 ([row[0] for row in rows],),
             )
             return jobs_from_rows(rows, await cursor.fetchall())
-
-    async def _listen(self, finished_elsewhere: FinishedElsewhere, listening: asyncio.Event) -> None:
-        """LISTEN on a connection of its own, reconnecting for as long as the gateway runs. After a reconnection
-        every waiter reads its job again: a notice sent while this was cut off is lost."""
-        backoff = Backoff()
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_S)
-                ) as connection:
-                    await connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(FINISHED_CHANNEL)))
-                    if listening.is_set():
-                        finished_elsewhere(None)
-                        log.info("listening for finished jobs again")
-                    listening.set()
-                    backoff = Backoff()
-                    async for notice in connection.notifies():
-                        finished_elsewhere(notice.payload)
-            except psycopg.Error as exc:
-                pause_s = backoff.pause_s()
-                log.warning("store notices cut off (%s); listening again in %.1f s", exc, pause_s)
-                listening.set()  # start without them: a waiter then wakes at its own timeout at worst
-                await asyncio.sleep(pause_s)

@@ -19,11 +19,14 @@ class GatewaySettings(SharedSettings):
     port: int = Field(8000, ge=0, le=65535, description="Port the HTTP API listens on.")
     store: str = Field(
         "sqlite:///./data/blipq.db",
-        description="The result store: jobs, per-image outcomes, idempotency keys and unfinished requests.",
+        description="The result store: jobs, per-image outcomes, idempotency keys and unfinished requests. "
+        "sqlite:///path/to/file.db (this gateway's own) or postgresql://user:password@host:5432/db (shared by "
+        "every gateway on it; needs --broker).",
     )
     gateway_id: str = Field(
         default_factory=socket.gethostname,
-        description="Names this gateway's durable reply queue (blipq.replies.<id>); keep it across restarts.",
+        description="Names this gateway's durable reply queue (blipq.replies.<id>); keep it across restarts. "
+        "Gateways on a PostgreSQL store share the store's queue instead (blipq.replies.store-<store id>).",
     )
     max_attempts: int = Field(
         MAX_CUT_OFF_RUNS,

@@ -46,8 +46,10 @@ class Server:
         *extra: str,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        store: str | None = None,
     ) -> None:
-        """`cwd`: where the server runs (`python -m blipq` imports blipq from there first)."""
+        """`cwd`: where the server runs (`python -m blipq` imports blipq from there first); `store`: its store's
+        URL (default: a SQLite file in `data_dir`)."""
         self.port = free_port()
         self.cwd = cwd
         self.env = {**os.environ, **(env or {})}
@@ -56,7 +58,7 @@ class Server:
         self.log_path = data_dir / f"serve-{self.port}.log"
         self.command = [
             sys.executable, "-m", "blipq", "serve", "--port", str(self.port), "--model", str(model),
-            "--store", store_url(data_dir), "--device", "cpu", *extra,
+            "--store", store or store_url(data_dir), "--device", "cpu", *extra,
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
         self.mode = "rabbitmq" if "--broker" in extra else "embedded"

@@ -14,7 +14,7 @@ from tests.deploy.checks import check_blipq_command, check_environment
 from tests.deploy.compose import ROOT, MissingVariable, effective, raw
 from tests.deploy.dockerfiles import read_dockerfile
 
-ENV = {"RABBITMQ_PASSWORD": "from-the-env-file", "BLIPQ_API_KEYS": "key-one,key-two"}
+ENV = {"RABBITMQ_PASSWORD": "from-the-env-file", "POSTGRES_PASSWORD": "pg-from-the-env", "BLIPQ_API_KEYS": "k1,k2"}
 BASE = ["docker-compose.yml"]
 CPU = [*BASE, "deploy/compose.cpu.yml"]
 SCALE = [*BASE, "deploy/compose.scale.yml"]
@@ -67,6 +67,9 @@ def test_secrets_come_from_the_environment_never_literals(file: str) -> None:
         for key in ("BLIPQ_BROKER_URL", "RABBITMQ_DEFAULT_PASS"):
             if key in environment:
                 assert "${RABBITMQ_PASSWORD:?" in environment[key], f"{file} {name}: {key} is a literal"
+        for key in ("BLIPQ_STORE", "POSTGRES_PASSWORD"):
+            if key in environment and not environment[key].startswith("sqlite"):
+                assert "${POSTGRES_PASSWORD:?" in environment[key], f"{file} {name}: {key} is a literal"
         if "BLIPQ_API_KEYS" in environment:
             assert environment["BLIPQ_API_KEYS"].startswith("${BLIPQ_API_KEYS"), f"{file} {name}: literal API keys"
     config = effective([*BASE, file] if file != "docker-compose.yml" else BASE, ENV)
@@ -134,6 +137,18 @@ def test_the_scale_overlay_runs_two_gateways_and_one_worker_per_gpu() -> None:
     assert len({gateway["environment"]["BLIPQ_GATEWAY_ID"] for gateway in gateways}) == 2
     assert len({gateway["ports"][0].split(":")[0] for gateway in gateways}) == 2
     assert len({gateway["volumes"][0].split(":")[0] for gateway in gateways}) == 2
+    # One shared store, healthy before either gateway starts.
+    assert {gateway["environment"]["BLIPQ_STORE"] for gateway in gateways} == {
+        "postgresql://blipq:pg-from-the-env@postgres:5432/blipq"
+    }
+    for gateway in gateways:
+        assert gateway["depends_on"]["postgres"] == {"condition": "service_healthy"}
+        assert gateway["depends_on"]["rabbitmq"] == {"condition": "service_healthy"}
+    postgres = services["postgres"]
+    assert postgres["image"].split(":")[0] == "postgres"
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert postgres["environment"]["POSTGRES_PASSWORD"] == "pg-from-the-env"
+    assert "postgres-data:/var/lib/postgresql/data" in postgres["volumes"]
     assignments = [device["device_ids"] for worker in workers for device in gpus(worker)]
     assert sorted(assignments) == [["0"], ["1"]]
 
