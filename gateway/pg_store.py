@@ -31,6 +31,7 @@ from blipq.contract.options import CaptionOptions
 from blipq.gateway.jobs import Idempotency, Job, JobStatus
 from blipq.gateway.pg_notices import FINISHED_CHANNEL, listen_for_finished_jobs
 from blipq.gateway.pg_schema import prepare_schema
+from blipq.gateway.pg_statements import FINISH, IMAGES_FOR_OUTCOMES, PENDING_COUNT, SET_OUTCOMES
 from blipq.gateway.sqlite_store import outcome_rows
 from blipq.gateway.store import FinishedElsewhere, PendingLimit, StoredRequest, UnfinishedJob, job_not_found
 from blipq.gateway.store_outcomes import UNFINISHED, OutcomeRow, Recorded, plan_outcomes
@@ -48,8 +49,6 @@ POOL_WAIT_S = 30.0
 #: The advisory lock a gateway holds while it purges (any fixed number; "purge" in ASCII).
 PURGE_LOCK = 0x7075726765
 
-_PENDING_COUNT = "SELECT COUNT(*) FROM job_images WHERE state IN ('queued', 'running')"
-
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
 
@@ -63,7 +62,7 @@ class PostgresStore:
             max_size=POOL_SIZE,
             open=False,
             timeout=POOL_WAIT_S,
-            kwargs={"connect_timeout": int(CONNECT_TIMEOUT_S)},
+            kwargs={"connect_timeout": int(CONNECT_TIMEOUT_S), "autocommit": True},
         )
         self._listener: asyncio.Task[None] | None = None
 
@@ -99,7 +98,7 @@ class PostgresStore:
             if idempotency is not None and (known := await self._idempotent(db, owner, idempotency)) is not None:
                 return known, False
             if max_pending:
-                depth = await self._value(db, _PENDING_COUNT)
+                depth = await self._value(db, PENDING_COUNT)
                 if depth and depth + len(images) > max_pending:
                     raise PendingLimit(depth)
             new_id = job_id or uuid.uuid4().hex
@@ -134,10 +133,15 @@ class PostgresStore:
             return new_id, True
 
     async def published(self, job_id: str, *, keep_images: bool) -> None:
-        async with self._transaction() as db:
-            await db.execute("UPDATE jobs SET published = TRUE WHERE id = %s", (job_id,))
-            if not keep_images:
-                await db.execute("DELETE FROM job_blobs WHERE job_id = %s", (job_id,))
+        async with self._connection() as db:
+            if keep_images:
+                await db.execute("UPDATE jobs SET published = TRUE WHERE id = %s", (job_id,))
+            else:  # one statement, so one round trip and an implicit transaction
+                await db.execute(
+                    "WITH gone AS (DELETE FROM job_blobs WHERE job_id = %s) "
+                    "UPDATE jobs SET published = TRUE WHERE id = %s",
+                    (job_id, job_id),
+                )
 
     async def discard(self, job_id: str) -> None:
         async with self._transaction() as db:
@@ -199,7 +203,7 @@ class PostgresStore:
     # -- reading -------------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> Job:
-        async with self._transaction() as db:
+        async with self._connection() as db:
             jobs = await self._load_jobs(db, "WHERE id = %s", (job_id,))
         if not jobs:
             raise job_not_found(job_id)
@@ -266,8 +270,8 @@ class PostgresStore:
         return request_from_rows(job_id, job, rows)
 
     async def pending_images(self) -> int:
-        async with self._transaction() as db:
-            return int(await self._value(db, _PENDING_COUNT))
+        async with self._connection() as db:
+            return int(await self._value(db, PENDING_COUNT))
 
     async def flush(self) -> None:
         """Nothing waits: each write is committed before it returns."""
@@ -282,14 +286,20 @@ class PostgresStore:
     # -- internals -----------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Connection]:
-        """A pooled connection in a transaction, committed when the block ends (rolled back on an exception).
-        The database's errors, and no free connection in time, are StoreUnavailable (503)."""
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection in autocommit: each statement its own transaction (one round trip, no BEGIN or
+        COMMIT of its own). The database's errors, and no free connection in time, are StoreUnavailable (503)."""
         try:
             async with self._pool.connection() as db:
                 yield db
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise StoreUnavailable(f"store error in {self!r}: {type(exc).__name__}: {exc}") from None
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Connection]:
+        """A pooled connection in a transaction, committed when the block ends (rolled back on an exception)."""
+        async with self._connection() as db, db.transaction():
+            yield db
 
     async def _record(
         self, job_id: str, rows: Sequence[OutcomeRow] | None, indices: Sequence[int] | None, every_one: OutcomeRow = ()
@@ -298,21 +308,12 @@ class PostgresStore:
         take their turns, each seeing what the one before committed."""
         async with self._transaction() as db:
             job = await self._row(db, "SELECT status, n_images FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
-            async with db.cursor() as cursor:
-                await cursor.execute(
-                    "SELECT idx FROM job_images WHERE job_id = %s AND state IN (%s, %s) ORDER BY idx",
-                    (job_id, *UNFINISHED),
-                )
-                pending = [index for (index,) in await cursor.fetchall()]
+            pending, captioned = await self._row(db, IMAGES_FOR_OUTCOMES, (job_id, job_id)) or ([], False)
             plan = plan_outcomes(job_id, None if job is None else (job[0], job[1]), pending, rows, indices, every_one)
             if isinstance(plan, Recorded):
                 return plan
-            async with db.cursor() as cursor:
-                await cursor.executemany(
-                    "UPDATE job_images SET state = %s, caption = %s, error_code = %s, error_message = %s "
-                    "WHERE idx = %s AND job_id = %s",
-                    [(*update, job_id) for update in plan.updates],
-                )
+            states, captions, codes, messages, targets = (list(column) for column in zip(*plan.updates, strict=True))
+            await db.execute(SET_OUTCOMES, (states, captions, codes, messages, targets, job_id))
             now = time.time()
             if not plan.finishes:  # a part of the job is done: the rest is under way
                 await db.execute(
@@ -320,15 +321,9 @@ class PostgresStore:
                     (now, job_id),
                 )
                 return Recorded(new=True, finished=False)
-            await db.execute("DELETE FROM job_blobs WHERE job_id = %s", (job_id,))  # every image has its outcome
-            done = await self._value(
-                db, "SELECT COUNT(*) FROM job_images WHERE job_id = %s AND state = 'done'", (job_id,)
-            )
-            await db.execute(
-                "UPDATE jobs SET status = %s, started_at = COALESCE(started_at, %s), finished_at = %s WHERE id = %s",
-                ((JobStatus.SUCCEEDED if done else JobStatus.FAILED).value, now, now, job_id),
-            )
-            await db.execute("SELECT pg_notify(%s, %s)", (FINISHED_CHANNEL, job_id))
+            succeeded = captioned or "done" in states  # an image captioned before, or now
+            status_now = (JobStatus.SUCCEEDED if succeeded else JobStatus.FAILED).value
+            await db.execute(FINISH, (job_id, status_now, now, now, job_id, FINISHED_CHANNEL, job_id))
             return Recorded(new=True, finished=True)
 
     async def _idempotent(self, db: Connection, owner: str | None, idempotency: Idempotency) -> str | None:
