@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 POOL_SIZE = 16
 CONNECT_TIMEOUT_S = 10.0
 #: How long an operation waits for a free connection (or a new one) before the request gets 503.
-POOL_WAIT_S = 30.0
+POOL_WAIT_S = 5.0
 
 #: The advisory lock a gateway holds while it purges (any fixed number; "purge" in ASCII).
 PURGE_LOCK = 0x7075726765

@@ -1,6 +1,6 @@
 """Two `blipq serve --broker` gateways on one PostgreSQL store and one `blipq worker`, as real processes on a real
 RabbitMQ and a real PostgreSQL: every gateway answers for every job, one Idempotency-Key is one job on both, and a
-gateway killed for good strands no reply."""
+gateway killed for good strands no reply; a store outage is 503 and passes."""
 
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import psycopg
 import pytest
+from psycopg import sql
 
 from blipq.contract.options import CaptionOptions
 from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
 from tests.helpers import pictures
+from tests.postgres import DEFAULT_ADMIN_URL
 from tests.server import Server, WorkerProcess, get_job, submit_job, wait_until
 
 
@@ -150,3 +154,37 @@ def test_a_gateway_killed_for_good_strands_no_reply(gateways: tuple[Server, Serv
     for job in jobs:
         wait_until(lambda job=job: get_job(b, job["id"])["status"] == "succeeded", timeout_s=120)
     assert {job["id"] for job in jobs} >= set(ids)
+
+
+def test_a_store_outage_is_503_store_unavailable_and_the_gateways_recover(
+    gateways: tuple[Server, Server], worker: WorkerProcess, postgres_url: str
+) -> None:
+    """The database refuses connections for a while (every gateway's connections cut, its notices too): jobs and
+    /readyz get 503 store_unavailable; afterwards both serve again, and a request that waited through it on
+    one gateway is answered, whichever recorded its outcome."""
+    a, b = gateways
+    answers: list[httpx.Response] = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(f"{b.url}/captionImageBlocking", json={"imgb64s": images_b64(pictures(1))}, timeout=120)
+        )
+    )
+    waiting.start()  # no worker yet: it waits
+    wait_until(lambda: len(httpx.get(f"{a.url}/v1/jobs", timeout=10).json()["jobs"]) == 1, timeout_s=30)
+    name = urlsplit(postgres_url).path.lstrip("/")
+    with psycopg.connect(DEFAULT_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+        try:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            for server in (a, b):
+                ready = httpx.get(f"{server.url}/readyz", timeout=30)
+                assert (ready.status_code, ready.json()["error"]["code"]) == (503, "store_unavailable")
+            refused = post(a, {"images": [{"b64": images_b64(pictures(1))[0]}]}, {})
+            assert (refused.status_code, refused.json()["error"]["code"]) == (503, "store_unavailable")
+        finally:
+            admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
+    worker.start()
+    waiting.join()
+    assert [answer.status_code for answer in answers] == [200]
+    job_id = submit_job(a, pictures(2))
+    wait_until(lambda: get_job(b, job_id)["status"] == "succeeded", timeout_s=60)
