@@ -20,10 +20,15 @@ from psycopg import sql
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
+def admin_url() -> str:
+    """The test server, as a user that may create, alter and drop databases."""
+    return os.environ.get("BLIPQ_TEST_POSTGRES_URL", DEFAULT_ADMIN_URL)
+
+
 @contextmanager
 def fresh_database() -> Iterator[str]:
     """The URL of a new, empty database; dropped (whoever is still connected) when the block ends."""
-    admin = os.environ.get("BLIPQ_TEST_POSTGRES_URL", DEFAULT_ADMIN_URL)
+    admin = admin_url()
     name = f"blipq_test_{uuid.uuid4().hex[:12]}"
     try:
         with psycopg.connect(admin, autocommit=True, connect_timeout=10) as connection:

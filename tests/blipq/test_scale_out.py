@@ -21,7 +21,7 @@ from blipq.contract.options import CaptionOptions
 from blipq.inference.decode import decode_image
 from blipq.inference.engine import CaptionEngine
 from tests.helpers import pictures
-from tests.postgres import DEFAULT_ADMIN_URL
+from tests.postgres import admin_url
 from tests.server import Server, WorkerProcess, get_job, submit_job, wait_until
 
 
@@ -172,7 +172,7 @@ def test_a_store_outage_is_503_store_unavailable_and_the_gateways_recover(
     waiting.start()  # no worker yet: it waits
     wait_until(lambda: len(httpx.get(f"{a.url}/v1/jobs", timeout=10).json()["jobs"]) == 1, timeout_s=30)
     name = urlsplit(postgres_url).path.lstrip("/")
-    with psycopg.connect(DEFAULT_ADMIN_URL, autocommit=True) as admin:
+    with psycopg.connect(admin_url(), autocommit=True) as admin:
         admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
         try:
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
