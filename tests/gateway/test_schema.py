@@ -10,7 +10,6 @@ Examples per route: BLIPQ_SCHEMA_EXAMPLES (default 30 in CI); e.g. 1000 for a lo
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,9 +76,8 @@ def api_schema(
         batching = BatcherConfig(max_batch=4, fetch=FetchPolicy(timeout_s=FETCH_TIMEOUT_S))
         broker = InProcessBroker(engine, batching, store, model="tiny", metrics=InferenceMetrics())
         app = create_app(config, store, broker)
-        with TestClient(app):
+        with TestClient(app):  # the app's lifespan starts and closes the store
             yield schemathesis.openapi.from_asgi("/openapi.json", app)
-        asyncio.run(store.close())
         return
     env = {
         **ALLOW_LOOPBACK,
