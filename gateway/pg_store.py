@@ -73,12 +73,14 @@ class PostgresStore:
         """Connect, create or migrate the tables, and listen for the jobs other gateways finish. StoreUnavailable
         when the database does not answer within CONNECT_TIMEOUT_S."""
         try:
-            await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
-            async with self._pool.connection() as db:
+            # A connection of its own first: a wrong host, password or database name is said as PostgreSQL
+            # says it (the pool would only report that it found no connection in time).
+            async with await psycopg.AsyncConnection.connect(self.url, connect_timeout=int(CONNECT_TIMEOUT_S)) as db:
                 self.shared_id = await prepare_schema(db)
+            await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             await self._pool.close()
-            raise StoreUnavailable(f"cannot open the store {self!r}: {exc}") from None
+            raise StoreUnavailable(f"cannot open the store {self!r}: {str(exc).strip()}") from None
         self._listener = await listen_for_finished_jobs(self.url, finished_elsewhere)
 
     # -- writing -------------------------------------------------------------------------------

@@ -1,15 +1,17 @@
 """What only a shared store does, with two `PostgresStore`s (two gateways) on one fresh database of a real
 PostgreSQL: one store id, each told of the jobs the other finishes, one job per Idempotency-Key when both are
-given it at once, and one purge at a time."""
+given it at once, one purge at a time, and a store that cannot be opened says why."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
+from blipq.contract.errors import StoreUnavailable
 from blipq.contract.messages import ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
 from blipq.gateway.jobs import Idempotency
@@ -75,3 +77,9 @@ async def test_a_gateway_does_not_purge_while_another_does(two: tuple[Gateway, G
         other.execute("SELECT pg_advisory_xact_lock(%s)", (PURGE_LOCK,))
         assert await first.store.purge(older_than_s=0) == 0
     assert await first.store.purge(older_than_s=0) == 1
+
+
+async def test_a_store_that_cannot_be_opened_says_why(postgres_url: str) -> None:
+    missing = PostgresStore(urlsplit(postgres_url)._replace(path="/blipq_no_such_database").geturl())
+    with pytest.raises(StoreUnavailable, match='database "blipq_no_such_database" does not exist'):
+        await missing.start(lambda job_id: None)
