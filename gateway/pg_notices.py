@@ -16,6 +16,7 @@ from blipq.gateway.store import FinishedElsewhere
 log = logging.getLogger(__name__)
 
 FINISHED_CHANNEL = "blipq_finished"
+#: How long a gateway waits for PostgreSQL to accept a connection (its pool's and this listener's).
 CONNECT_TIMEOUT_S = 10
 
 

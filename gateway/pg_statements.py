@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import LiteralString
 
-PENDING_COUNT: LiteralString = "SELECT COUNT(*) FROM job_images WHERE state IN ('queued', 'running')"
-
 # Outcomes, confirms and reads in as few statements as they can: a statement's round trip and the driver's
 # work for it cost more than what the database does for these rows. (A job's creation stays three plain
 # inserts: one statement of data-modifying CTEs made the server's work per job larger than the round trips

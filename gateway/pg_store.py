@@ -29,12 +29,11 @@ from blipq.contract.errors import IdempotencyConflict, JobNotFound, StoreUnavail
 from blipq.contract.messages import ErrorInfo, ImageInput, ImageResult
 from blipq.contract.options import CaptionOptions
 from blipq.gateway.jobs import Idempotency, Job, JobStatus
-from blipq.gateway.pg_notices import FINISHED_CHANNEL, listen_for_finished_jobs
+from blipq.gateway.pg_notices import CONNECT_TIMEOUT_S, FINISHED_CHANNEL, listen_for_finished_jobs
 from blipq.gateway.pg_schema import prepare_schema
-from blipq.gateway.pg_statements import FINISH, IMAGES_FOR_OUTCOMES, PENDING_COUNT, SET_OUTCOMES
-from blipq.gateway.sqlite_store import outcome_rows
+from blipq.gateway.pg_statements import FINISH, IMAGES_FOR_OUTCOMES, SET_OUTCOMES
 from blipq.gateway.store import FinishedElsewhere, PendingLimit, StoredRequest, UnfinishedJob, job_not_found
-from blipq.gateway.store_outcomes import UNFINISHED, OutcomeRow, Recorded, plan_outcomes
+from blipq.gateway.store_outcomes import PENDING_COUNT, UNFINISHED, OutcomeRow, Recorded, outcome_rows, plan_outcomes
 from blipq.gateway.store_rows import IMAGE_COLUMNS, JOB_COLUMNS, jobs_from_rows, request_from_rows
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,6 @@ log = logging.getLogger(__name__)
 #: Connections each gateway keeps to the store, at most: its concurrent store operations (a job's creation,
 #: outcomes, reads); more wait for one to come free.
 POOL_SIZE = 16
-CONNECT_TIMEOUT_S = 10.0
 #: How long an operation waits for a free connection (or a new one) before the request gets 503.
 POOL_WAIT_S = 5.0
 
@@ -62,7 +60,7 @@ class PostgresStore:
             max_size=POOL_SIZE,
             open=False,
             timeout=POOL_WAIT_S,
-            kwargs={"connect_timeout": int(CONNECT_TIMEOUT_S), "autocommit": True},
+            kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": True},
         )
         self._listener: asyncio.Task[None] | None = None
 
@@ -75,7 +73,7 @@ class PostgresStore:
         try:
             # A connection of its own first: a wrong host, password or database name is said as PostgreSQL
             # says it (the pool would only report that it found no connection in time).
-            async with await psycopg.AsyncConnection.connect(self.url, connect_timeout=int(CONNECT_TIMEOUT_S)) as db:
+            async with await psycopg.AsyncConnection.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S) as db:
                 self.shared_id = await prepare_schema(db)
             await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
@@ -274,9 +272,6 @@ class PostgresStore:
     async def pending_images(self) -> int:
         async with self._connection() as db:
             return int(await self._value(db, PENDING_COUNT))
-
-    async def flush(self) -> None:
-        """Nothing waits: each write is committed before it returns."""
 
     async def close(self) -> None:
         if self._listener is not None:

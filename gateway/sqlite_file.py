@@ -69,10 +69,6 @@ class SqliteFile:
             self._writes.put(write)
         return write.future
 
-    def flush(self) -> None:
-        """Wait until every write queued so far is committed."""
-        self.write(lambda db: None).result()
-
     @contextlib.contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
         """A connection for reads only, sees every committed write."""

@@ -25,28 +25,11 @@ from blipq.contract.options import CaptionOptions
 from blipq.gateway.jobs import Idempotency, Job, JobStatus
 from blipq.gateway.sqlite_file import SqliteFile
 from blipq.gateway.store import FinishedElsewhere, PendingLimit, StoredRequest, UnfinishedJob, job_not_found
-from blipq.gateway.store_outcomes import UNFINISHED, Recorded, record_outcomes
+from blipq.gateway.store_outcomes import PENDING_COUNT, UNFINISHED, Recorded, outcome_rows, record_outcomes
 from blipq.gateway.store_rows import IMAGE_COLUMNS, JOB_COLUMNS, jobs_from_rows, request_from_rows
 from blipq.gateway.store_schema import prepare_schema
 
-#: The states written out, not bound: only then does SQLite count from the small partial index
-#: job_images_pending instead of reading every row.
-_PENDING_COUNT = "SELECT COUNT(*) FROM job_images WHERE state IN ('queued', 'running')"
-
 T = TypeVar("T")
-
-
-def outcome_rows(results: Sequence[ImageResult]) -> list[tuple[object, ...]]:
-    """Each result as stored: state, caption, error code, error message."""
-    return [
-        (
-            "done" if result.caption is not None else "failed",
-            result.caption,
-            result.error.code if result.error else None,
-            result.error.message if result.error else None,
-        )
-        for result in results
-    ]
 
 
 class SqliteStore:
@@ -97,7 +80,7 @@ class SqliteStore:
                         )
                     return str(row[0]), False
             if max_pending:
-                (depth,) = db.execute(_PENDING_COUNT).fetchone()
+                (depth,) = db.execute(PENDING_COUNT).fetchone()
                 if depth and depth + len(images) > max_pending:
                     raise PendingLimit(depth)
             new_id = job_id or uuid.uuid4().hex
@@ -269,11 +252,8 @@ class SqliteStore:
         return await self._read(request)
 
     async def pending_images(self) -> int:
-        (count,) = await self._read(lambda db: db.execute(_PENDING_COUNT).fetchone())
+        (count,) = await self._read(lambda db: db.execute(PENDING_COUNT).fetchone())
         return int(count)
-
-    async def flush(self) -> None:
-        await self._write(lambda db: None)
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._file.close)

@@ -153,10 +153,6 @@ class Store(Protocol):
         """Images of unfinished jobs: queued or being captioned."""
         ...
 
-    async def flush(self) -> None:
-        """Wait until every write begun so far (outcomes included) is committed."""
-        ...
-
     async def close(self) -> None:
         """Commit what is under way, then let go of the files or connections."""
         ...

@@ -9,10 +9,16 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import LiteralString
 
+from blipq.contract.messages import ImageResult
 from blipq.gateway.jobs import JobStatus
 
 UNFINISHED = ("queued", "running")
+
+#: Images of unfinished jobs, in both backends' dialect. The states are written out, not bound: only then does
+#: SQLite count from the small partial index job_images_pending instead of reading every row.
+PENDING_COUNT: LiteralString = "SELECT COUNT(*) FROM job_images WHERE state IN ('queued', 'running')"
 
 #: An image's outcome as stored: state, caption, error code, error message.
 OutcomeRow = tuple[object, ...]
@@ -27,6 +33,19 @@ class Recorded:
 
     new: bool
     finished: bool
+
+
+def outcome_rows(results: Sequence[ImageResult]) -> list[OutcomeRow]:
+    """Each result as stored: state, caption, error code, error message."""
+    return [
+        (
+            "done" if result.caption is not None else "failed",
+            result.caption,
+            result.error.code if result.error else None,
+            result.error.message if result.error else None,
+        )
+        for result in results
+    ]
 
 
 @dataclass(frozen=True)
